@@ -1,0 +1,127 @@
+"""The one way to publish data to connected browsers: through the channel layer's ``group_send``.
+
+Each message is validated and encoded to its JSON wire text once, here; every server process receives
+it once from Redis and every consumer relays that text unchanged. Usable from async code
+(``await apublish(...)``) and from sync code (``publish(...)``), neither of which creates an event
+loop or a Redis pool per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
+
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+
+from echo.protocol import (
+    BROADCAST_GROUP,
+    encode_data_frame,
+    relay_event,
+    validate_topic,
+    validate_values,
+)
+
+T = TypeVar("T")
+
+
+class LayerNotShared(RuntimeError):
+    """Raised when the configured channel layer cannot carry messages between processes."""
+
+
+def shared_channel_layer() -> BaseChannelLayer:
+    """Return the default channel layer, refusing one that other processes can never read."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise LayerNotShared("CHANNEL_LAYERS has no 'default' layer: there is nothing to publish to")
+    if isinstance(layer, InMemoryChannelLayer):
+        raise LayerNotShared(
+            "the configured channel layer is InMemoryChannelLayer, which lives inside one process: "
+            "the web server is another process and would never receive anything. "
+            "Configure a Redis channel layer (set REDIS_URL)."
+        )
+    return layer
+
+
+class Publisher:
+    """Publishes data frames for topics, numbering each topic's frames 1, 2, 3, ...
+
+    ``seq`` rises by one per topic per successful publish from this publisher, so clients can detect a
+    gap. A failed publish (Redis unreachable) raises and does not use up a number: retrying sends the
+    same ``seq``.
+    """
+
+    def __init__(self, layer: BaseChannelLayer | None = None) -> None:
+        self.layer = layer if layer is not None else shared_channel_layer()
+        self._last_seq: dict[str, int] = {}
+
+    async def publish(self, topic: str, values: Mapping[str, Any], ts: float | None = None) -> int:
+        """Publish one frame of ``values`` on ``topic``; return its ``seq``.
+
+        Raises ``FrameError`` for a bad topic or values, and the layer's error (``redis.RedisError``,
+        ``OSError``) when Redis cannot be reached.
+        """
+        validate_topic(topic)
+        checked = validate_values(values)
+        seq = self._last_seq.get(topic, 0) + 1
+        text = encode_data_frame(topic, seq, time.time() if ts is None else ts, checked)
+        await self.layer.group_send(BROADCAST_GROUP, relay_event(text))
+        self._last_seq[topic] = seq
+        return seq
+
+
+class _BackgroundLoop:
+    """One event loop on a daemon thread, started on first use, that sync callers hand coroutines to.
+
+    Keeping a single loop for the life of the process keeps a single Redis connection pool, where
+    ``async_to_sync`` per call would make a loop, and with it a pool, per message.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            coroutine.close()
+            raise RuntimeError("publish() is for sync code; in async code use 'await apublish(...)'")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._get_loop())
+        return future.result(timeout)
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="echo-publish", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+
+_default_publisher: Publisher | None = None
+_background = _BackgroundLoop()
+
+
+def _publisher() -> Publisher:
+    global _default_publisher
+    if _default_publisher is None:
+        _default_publisher = Publisher()
+    return _default_publisher
+
+
+async def apublish(topic: str, values: Mapping[str, Any]) -> int:
+    """Publish ``values`` on ``topic`` from async code; return the frame's ``seq``."""
+    return await _publisher().publish(topic, values)
+
+
+def publish(topic: str, values: Mapping[str, Any], timeout: float = 10.0) -> int:
+    """Publish ``values`` on ``topic`` from sync code (a view, a signal, a script); return its ``seq``.
+
+    Blocks until Redis has the message or ``timeout`` seconds pass (``TimeoutError``).
+    """
+    return _background.run(_publisher().publish(topic, values), timeout)

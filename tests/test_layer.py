@@ -1,0 +1,119 @@
+"""The fan-out channel layer against a real Redis. Two layer instances stand for two server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+from redis.exceptions import RedisError
+
+from echo.layer import RedisFanoutChannelLayer, redact_url
+from echo.protocol import OVERFLOW_EVENT
+
+REDIS_URL = os.environ["REDIS_URL"]
+
+
+def make_layer(**config) -> RedisFanoutChannelLayer:
+    return RedisFanoutChannelLayer(
+        hosts=[config.pop("url", REDIS_URL)], prefix=config.pop("prefix", PREFIX), **config
+    )
+
+
+PREFIX = os.environ["CHANNEL_LAYER_PREFIX"] + "-layer"
+
+
+@pytest.fixture
+async def two_processes():
+    first, second = make_layer(), make_layer()
+    yield first, second
+    await first.flush()
+    await second.flush()
+
+
+async def test_group_send_reaches_members_in_every_process_once(two_processes) -> None:
+    first, second = two_processes
+    a1, a2 = await first.new_channel(), await first.new_channel()
+    b1 = await second.new_channel()
+    for layer, channel in ((first, a1), (first, a2), (second, b1)):
+        await layer.group_add("room", channel)
+    await first.group_send("room", {"type": "relay.frame", "text": "hi"})
+    got = [
+        await asyncio.wait_for(layer.receive(channel), 2)
+        for layer, channel in ((first, a1), (first, a2), (second, b1))
+    ]
+    assert got == [{"type": "relay.frame", "text": "hi"}] * 3
+    # One Redis message per process, fanned out locally: the two local members share one event.
+    assert first.stats.received == 1 and second.stats.received == 1
+    assert got[0] is got[1]
+
+
+async def test_a_discarded_member_receives_nothing_more(two_processes) -> None:
+    first, second = two_processes
+    stay, leave = await second.new_channel(), await second.new_channel()
+    await second.group_add("room", stay)
+    await second.group_add("room", leave)
+    await second.group_discard("room", leave)
+    await first.group_send("room", {"type": "t", "n": 1})
+    assert await asyncio.wait_for(second.receive(stay), 2) == {"type": "t", "n": 1}
+    assert second.receive_nowait_all(leave) == []
+
+
+async def test_send_to_a_specific_channel_in_another_process(two_processes) -> None:
+    first, second = two_processes
+    target = await second.new_channel()
+    await first.new_channel()  # first's reader runs too, like a real process
+    await first.send(target, {"type": "direct", "body": "✓"})
+    assert await asyncio.wait_for(second.receive(target), 2) == {"type": "direct", "body": "✓"}
+
+
+async def test_a_consumer_that_falls_behind_is_told_how_much_it_lost() -> None:
+    layer = make_layer(capacity=3, channel_capacity={"marker.*": 100})
+    slow, marker = await layer.new_channel(), await layer.new_channel("marker.")
+    await layer.group_add("fast", slow)
+    await layer.group_add("fast", marker)
+    for n in range(5):
+        await layer.group_send("fast", {"type": "t", "n": n})
+    # Both members get each message in the same delivery: once the marker has all five, so has slow.
+    for n in range(5):
+        assert (await asyncio.wait_for(layer.receive(marker), 2))["n"] == n
+    events = layer.receive_nowait_all(slow)
+    assert events == [{"type": OVERFLOW_EVENT, "dropped": 3}, {"type": "t", "n": 3}, {"type": "t", "n": 4}]
+    assert layer.stats.dropped_overflow == 3
+    assert layer.stats.overflowed_channels == 1
+    await layer.flush()
+
+
+async def test_cancelling_receive_forgets_the_channel_and_its_groups() -> None:
+    layer = make_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    # wait_for cancels the receive when it times out, as Channels does when a consumer stops.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.05)
+    assert layer.local_member_count("g") == 0
+    await layer.flush()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_without_redis_members_can_join_but_publishing_fails_clearly() -> None:
+    layer = make_layer(url=f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1)
+    channel = await layer.new_channel()
+    # Joining must not hang or fail: echo keeps working while Redis is away.
+    await asyncio.wait_for(layer.group_add("g", channel), 5)
+    assert layer.local_member_count("g") == 1
+    with pytest.raises((RedisError, OSError)):
+        await layer.group_send("g", {"type": "t"})
+    await layer.flush()
+
+
+def test_redact_url_hides_passwords() -> None:
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://***@host:6379/0"
+    assert redact_url("rediss://user:s3cret@host/0") == "rediss://user:***@host/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"

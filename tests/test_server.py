@@ -1,0 +1,102 @@
+"""End to end: the real server process (`manage.py runserver`, i.e. daphne), push_data as a subprocess,
+and WebSocket clients from the `websockets` library, as any client no one here wrote would connect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import urllib.request
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.support import OutputWatcher, Server, spawn, stop, timeout
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], str]:
+    with urllib.request.urlopen(url, timeout=timeout(10)) as response:
+        return response.status, dict(response.headers), response.read().decode()
+
+
+async def test_the_page_is_served_with_its_controls_and_static_script(server: Server) -> None:
+    status, _, html = await asyncio.to_thread(fetch, server.http_url("/"))
+    assert status == 200
+    for element in ('id="connect"', 'id="disconnect"', 'id="status"', 'id="log"'):
+        assert element in html
+    assert "<script>" not in html  # no inline script: JavaScript lives in a static file
+    script = html.split('<script src="', 1)[1].split('"', 1)[0]
+    status, headers, body = await asyncio.to_thread(fetch, server.http_url(script))
+    assert status == 200 and "javascript" in headers["Content-Type"]
+    assert "new WebSocket(" in body
+
+
+@pytest.mark.parametrize("path", ["/ws/echo/", "/"])
+async def test_text_and_binary_echo_and_pushed_frames_end_to_end(server: Server, path: str) -> None:
+    async with websockets.connect(server.ws_url(path), origin=server.origin) as ws:
+        await ws.send("*")
+        assert await asyncio.wait_for(ws.recv(), timeout(5)) == "*"
+        await ws.send(b"\x00\xff binary")
+        assert await asyncio.wait_for(ws.recv(), timeout(5)) == b"\x00\xff binary"
+
+        pusher = spawn([sys.executable, "manage.py", "push_data", "--count", "3", "--rate", "50"], os.environ)
+        output = OutputWatcher(pusher)
+        frames = [json.loads(await asyncio.wait_for(ws.recv(), timeout(15))) for _ in range(3)]
+        assert await asyncio.to_thread(pusher.wait, timeout(15)) == 0, output.drain()
+    assert [f["seq"] for f in frames] == [1, 2, 3]
+    assert all(f["type"] == "data" and f["topic"] == "prices" and "price" in f["values"] for f in frames)
+
+
+async def test_a_foreign_origin_is_refused_by_the_server(server: Server) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(server.ws_url(), origin="http://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+    # ... and the server keeps serving everyone else.
+    async with websockets.connect(server.ws_url(), origin=server.origin) as ws:
+        await ws.send("still here")
+        assert await asyncio.wait_for(ws.recv(), timeout(5)) == "still here"
+
+
+@pytest.mark.slow
+async def test_an_idle_connection_stays_open(server: Server) -> None:
+    """Catches redis-py 8's 5 s socket timeout killing idle consumers (seen with the core layer)."""
+    async with websockets.connect(server.ws_url(), origin=server.origin) as ws:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.wait_closed(), 15)
+        await ws.send("awake")
+        assert await asyncio.wait_for(ws.recv(), timeout(5)) == "awake"
+
+
+@pytest.mark.slow
+async def test_a_burst_of_a_thousand_connections_all_succeed(server: Server) -> None:
+    """Catches handshakes failing with HTTP 500 when a Redis pool runs out of connections."""
+    in_flight = asyncio.Semaphore(200)
+    failures: list[str] = []
+    opened: list[websockets.ClientConnection] = []
+
+    async def one(n: int) -> None:
+        async with in_flight:
+            try:
+                ws = await websockets.connect(server.ws_url(), origin=server.origin, open_timeout=timeout(30))
+            except Exception as exc:  # every kind of failure is counted and reported
+                failures.append(f"{n}: {exc!r}")
+            else:
+                opened.append(ws)
+
+    await asyncio.gather(*(one(n) for n in range(1000)))
+    try:
+        assert failures == []
+        assert len(opened) == 1000
+        await opened[-1].send("last")
+        assert await asyncio.wait_for(opened[-1].recv(), timeout(5)) == "last"
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+    assert "Traceback" not in server.output.text()
+
+
+async def test_the_server_stops_cleanly(server: Server) -> None:
+    assert await asyncio.to_thread(stop, server.process) == 0
+    assert "Traceback" not in server.output.drain()

@@ -1,0 +1,22 @@
+"""ASGI entry point: Django for HTTP, the echo consumer for WebSockets, every socket origin-checked."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wsproject.settings")
+
+# Build the Django HTTP app first: it sets Django up, which the imports below rely on.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from echo.routing import websocket_urlpatterns  # noqa: E402
+from wsproject.origin import browser_origin_validator  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
+    }
+)

@@ -1,0 +1,35 @@
+"""Origin checking for WebSocket handshakes.
+
+Browsers always send ``Origin`` on a WebSocket handshake, so a foreign Origin is how a page on another
+site would ride on a visitor's browser (cross-site WebSocket hijacking): those handshakes are refused
+by Channels' ``AllowedHostsOriginValidator``, which accepts only origins whose host is in
+``ALLOWED_HOSTS``. Two cases are decided here, by settings:
+
+* no ``Origin`` header at all: not a browser page (command-line clients, other servers), so it cannot
+  be used for that attack; let through unless ``WS_REQUIRE_ORIGIN`` is on;
+* ``Origin: null``: a page opened from a ``file://`` URL, such as the original tutorial's page; let
+  through only when ``WS_ALLOW_NULL_ORIGIN`` is on, which it is by default only with ``DEBUG``.
+"""
+
+from __future__ import annotations
+
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+
+ASGIApp = URLRouter
+
+
+def browser_origin_validator(application: ASGIApp):  # type: ignore[no-untyped-def]
+    """Wrap ``application`` so that browser pages must come from an allowed host."""
+    validated = AllowedHostsOriginValidator(application)
+    require_origin: bool = settings.WS_REQUIRE_ORIGIN
+    allow_null: bool = settings.WS_ALLOW_NULL_ORIGIN
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        origin = next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
+        if (origin is None and not require_origin) or (origin == b"null" and allow_null):
+            return await application(scope, receive, send)
+        return await validated(scope, receive, send)
+
+    return app

@@ -1,0 +1,139 @@
+"""Django settings, every deployment-specific value read from the environment (README: Configuration).
+
+Defaults run locally; production needs ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` and refuses
+to start without them. ``DJANGO_DEBUG`` is off unless set: ``make run`` turns it on for development.
+"""
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Read a yes/no variable: 1/true/yes/on or 0/false/no/off, any case."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a whole number") from None
+
+
+def env_list(name: str) -> list[str]:
+    """Read a comma-separated list, ignoring blanks around items."""
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it to a long random value "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
+            "or set DJANGO_DEBUG=1 for local development."
+        )
+    SECRET_KEY = "django-insecure-development-only-key"  # noqa: S105 - only ever used with DEBUG on
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS")
+if not ALLOWED_HOSTS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_ALLOWED_HOSTS is not set. List the host names this site is served as, "
+            "comma-separated (for example 'example.com,www.example.com')."
+        )
+    ALLOWED_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+
+# WebSocket handshakes with no Origin header are not from browser pages; refuse them only if asked.
+WS_REQUIRE_ORIGIN = env_bool("WS_REQUIRE_ORIGIN", False)
+# "Origin: null" is a page opened from a file (the original tutorial's page): development only.
+WS_ALLOW_NULL_ORIGIN = env_bool("WS_ALLOW_NULL_ORIGIN", DEBUG)
+
+INSTALLED_APPS = [
+    "daphne",  # before staticfiles, so that `manage.py runserver` serves WebSockets too
+    "django.contrib.staticfiles",
+    "echo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves static files efficiently from any ASGI server, with compression and far-future caching.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "wsproject.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+ASGI_APPLICATION = "wsproject.asgi.application"
+
+# No models: the app keeps no state of its own (Redis carries everything live).
+DATABASES: dict[str, dict[str, str]] = {}
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Why this layer, and why these numbers: README, "The channel layer".
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "echo.layer.RedisFanoutChannelLayer",
+        "CONFIG": {
+            "hosts": [REDIS_URL],
+            # Keeps this project's Redis channels apart from other apps on the same Redis.
+            "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "wsdemo"),
+            # Events a consumer may fall behind before it is told it lost data and is closed.
+            "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
+        },
+    }
+}
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
+# Production serves hashed, compressed copies made by `manage.py collectstatic` (the Docker build and
+# `make serve` run it); development serves the files where they are.
+STORAGES = {
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    }
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")}},
+}
