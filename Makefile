@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format clean
+.PHONY: run serve test lint format clean
 
 run: $(STAMP) ## Web server + a push_data feed on PORT (default 8000), Redis found or embedded; Ctrl-C stops all
 	PORT=$(PORT) $(PY) scripts/devenv.py run
+
+serve: $(STAMP) ## The production server configuration on PORT, no feed (publish with manage.py push_data)
+	PORT=$(PORT) $(PY) scripts/devenv.py serve
 
 test: $(STAMP) ## The whole test suite against a real Redis (found or embedded)
 	$(PY) scripts/devenv.py exec -- $(PY) -m pytest $(PYTEST_ARGS)

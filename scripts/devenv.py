@@ -7,6 +7,7 @@ this session only, keeping nothing on disk, and stopped on exit.
 Usage::
 
     python scripts/devenv.py run                 # web server + push_data feed, until Ctrl-C
+    python scripts/devenv.py serve               # the production server, no feed, until Ctrl-C
     python scripts/devenv.py exec -- CMD [ARG..]  # one command with REDIS_URL set; its exit code
     python scripts/devenv.py redis-url            # print the URL that would be used (starts nothing)
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -143,12 +145,33 @@ def supervise(commands: Sequence[Sequence[str]], env: dict[str, str]) -> int:
     return 0 if stopping else exit_code
 
 
+def production_command(host: str, port: str) -> list[str]:
+    """The production server, as the Dockerfile and docker-compose.yml run it."""
+    daphne = str(Path(sys.executable).with_name("daphne"))
+    return [daphne, "--bind", host, "--port", port, "--proxy-headers", "wsproject.asgi:application"]
+
+
+def serve(env: dict[str, str], host: str, port: str) -> int:
+    """Collect static files, then run the production server with production settings."""
+    env.setdefault("DJANGO_DEBUG", "0")
+    env.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+    if not env.get("DJANGO_SECRET_KEY"):
+        env["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
+        print("devenv: DJANGO_SECRET_KEY not set; using a random one for this run", file=sys.stderr)
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True
+    )
+    print(f"devenv: production server on http://{host}:{port}/", file=sys.stderr)
+    return supervise([production_command(host, port)], env)
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("run", help="development server and a push_data feed")
+    sub.add_parser("serve", help="the production server configuration, no feed")
     run_one = sub.add_parser("exec", help="run one command with REDIS_URL set")
     run_one.add_argument("command", nargs=argparse.REMAINDER)
     sub.add_parser("redis-url", help="print the Redis URL that would be used")
@@ -166,10 +189,12 @@ def main(argv: Sequence[str]) -> int:
             if not command:
                 parser.error("exec needs a command")
             return supervise([command], env)
-        env.setdefault("DJANGO_DEBUG", "1")
         port = env.get("PORT", "8000")
         host = env.get("HOST", "127.0.0.1")
         python = sys.executable
+        if args.action == "serve":
+            return serve(env, host, port)
+        env.setdefault("DJANGO_DEBUG", "1")
         print(f"devenv: serving http://{host}:{port}/ with Redis at {url}", file=sys.stderr)
         return supervise(
             [

@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "wsproject.security.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "wsproject.urls"
