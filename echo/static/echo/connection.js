@@ -1,0 +1,293 @@
+// The WebSocket connection that heals itself: reconnects with backoff, detects dead sockets, resumes
+// each topic from the last seq seen, measures echo round trips. Knows nothing of the DOM.
+
+export const TICK_MS = 1000; // a "*" is sent this often while open; the server echoes every one
+export const DEAD_AFTER_MS = 6000; // no frame at all for this long: the socket is dead, replace it
+export const BACKOFF_FIRST_MS = 500;
+export const BACKOFF_MAX_MS = 10000;
+export const STABLE_AFTER_MS = 10000; // open this long: the next drop starts the backoff afresh
+export const HISTORY_POINTS = 600; // points per topic the server replays on connect (60 s at 10 Hz)
+const RTT_SAMPLES = 50;
+
+// Close codes that mean "do not try again by yourself": the request itself is wrong (RFC 6455).
+const NO_RETRY_CODES = new Set([1008]);
+
+/** Delay before reconnect attempt `attempt` (0, 1, 2...): doubling from 0.5 s to 10 s, then halved at
+ * random ("equal jitter"), so that a thousand pages dropped at once do not come back at once. */
+export function backoffDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt);
+  return ceiling / 2 + random() * (ceiling / 2);
+}
+
+/** The socket URL on this page's own host (wss: under https:), asking for `topics`, with `history`
+ * points replayed for topics not yet seen and `since` (topic -> last seq) for topics already seen. */
+export function socketUrl(location, topics, lastSeq) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const params = new URLSearchParams();
+  params.set("topics", topics.join(","));
+  params.set("history", String(HISTORY_POINTS));
+  const since = topics.filter((t) => lastSeq.has(t)).map((t) => `${t}:${lastSeq.get(t)}`);
+  if (since.length) params.set("since", since.join(","));
+  // URLSearchParams would escape "," and ":"; topic names are [a-z0-9_-], so the plain form is safe.
+  return `${scheme}//${location.host}/ws/echo/?${decodeURIComponent(params.toString())}`;
+}
+
+/** Split one text frame into the JSON objects it carries (several, separated by "\n", when the server
+ * batches) or, if it is not JSON, return null: it is an echo of something we sent. */
+export function parseFrames(text) {
+  if (!text.startsWith("{")) return null;
+  const frames = [];
+  for (const line of text.split("\n")) {
+    if (!line) continue;
+    try {
+      const frame = JSON.parse(line);
+      if (frame && typeof frame === "object") frames.push(frame);
+    } catch {
+      return null; // a "{..." echo that is not JSON
+    }
+  }
+  return frames;
+}
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/**
+ * One logical connection that survives its sockets. Events (all optional callbacks in `handlers`):
+ *   status(state, detail)  state: "connecting" | "open" | "reconnecting" | "closed";
+ *                          detail: {retryAt} for reconnecting, {error} for a refusal
+ *   data(frame)            a new data frame (duplicates already dropped), live or replayed
+ *   reset(frame)           forget everything of frame.topic: its history follows
+ *   presence(frame)        frame.count pages watch frame.topic
+ *   error(frame)           the server refused something; a close follows
+ *   echo(text, rttMs)      an echo came back; rttMs for "*" heartbeats, else null
+ *   log(text)              something worth a line in the log
+ *   sent(text)             a frame went out
+ */
+export class LiveConnection {
+  constructor({ topics, handlers = {}, location = window.location }) {
+    this.topics = [...topics];
+    this.handlers = handlers;
+    this.location = location;
+    this.lastSeq = new Map(); // topic -> last seq seen, sent as `since` on reconnect
+    this.rtts = [];
+    this.socket = null;
+    this.wanted = false; // true from connect() until disconnect() or a refusal
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.retryAt = null;
+    this.tickTimer = null;
+    this.lastFrameAt = 0;
+    this.openedAt = 0;
+    this.pendingPings = []; // send times of "*" frames not yet echoed, oldest first
+    this.state = "closed";
+  }
+
+  emit(name, ...args) {
+    const handler = this.handlers[name];
+    if (handler) handler(...args);
+  }
+
+  setState(state, detail = {}) {
+    this.state = state;
+    this.emit("status", state, detail);
+  }
+
+  /** Called by the Connect button: open now, and keep the connection up until disconnect(). */
+  connect() {
+    this.wanted = true;
+    this.attempt = 0;
+    this.cancelRetry();
+    if (!this.socket) this.open();
+  }
+
+  /** Called by the Disconnect button: close, and stay closed (no reconnect) until connect(). */
+  disconnect() {
+    this.wanted = false;
+    this.cancelRetry();
+    this.dropSocket(1000, "user disconnected");
+    this.setState("closed");
+  }
+
+  /** Ask for other topics: reconnects at once if connected (topics are fixed per socket). */
+  setTopics(topics) {
+    this.topics = [...topics];
+    for (const topic of [...this.lastSeq.keys()]) {
+      if (!this.topics.includes(topic)) this.lastSeq.delete(topic);
+    }
+    if (this.wanted) {
+      this.dropSocket(1000, "topics changed");
+      this.cancelRetry();
+      this.open();
+    }
+  }
+
+  /** The round-trip times of "*" echoes: the last one and the median of recent ones, in ms. */
+  rtt() {
+    if (!this.rtts.length) return { last: null, median: null };
+    return { last: this.rtts[this.rtts.length - 1], median: median(this.rtts) };
+  }
+
+  open() {
+    const url = socketUrl(this.location, this.topics, this.lastSeq);
+    this.emit("log", `opening ${url}`);
+    const socket = new WebSocket(url);
+    this.socket = socket;
+    this.pendingPings = [];
+    this.lastFrameAt = performance.now();
+    this.setState("connecting");
+    socket.addEventListener("open", () => this.onOpen(socket));
+    socket.addEventListener("message", (event) => this.onMessage(socket, event));
+    socket.addEventListener("close", (event) => this.onClose(socket, event));
+    // A socket that never opens (a black-holed SYN) is caught by the same watchdog.
+    this.startTicks();
+  }
+
+  onOpen(socket) {
+    if (socket !== this.socket) return;
+    this.openedAt = performance.now();
+    this.lastFrameAt = this.openedAt;
+    this.setState("open");
+  }
+
+  startTicks() {
+    clearInterval(this.tickTimer);
+    this.tickTimer = setInterval(() => this.tick(), TICK_MS);
+  }
+
+  /** Every second: send the heartbeat, and replace the socket if nothing came back for too long. */
+  tick() {
+    const socket = this.socket;
+    if (!socket) return;
+    const now = performance.now();
+    if (now - this.lastFrameAt > DEAD_AFTER_MS) {
+      this.emit("log", `no frame for ${Math.round((now - this.lastFrameAt) / 1000)} s: replacing the connection`);
+      this.dropSocket(4000, "no frames");
+      this.scheduleRetry();
+      return;
+    }
+    if (socket.readyState === WebSocket.OPEN) {
+      if (this.openedAt && now - this.openedAt > STABLE_AFTER_MS) this.attempt = 0;
+      this.pendingPings.push(now);
+      if (this.pendingPings.length > 100) this.pendingPings.shift();
+      socket.send("*");
+      this.emit("sent", "*");
+    }
+  }
+
+  onMessage(socket, event) {
+    if (socket !== this.socket) return;
+    this.lastFrameAt = performance.now();
+    if (typeof event.data !== "string") {
+      this.emit("echo", `${event.data.byteLength ?? event.data.size} bytes`, null);
+      return;
+    }
+    const frames = parseFrames(event.data);
+    if (frames === null) {
+      this.onEcho(event.data);
+      return;
+    }
+    for (const frame of frames) this.onFrame(frame);
+  }
+
+  onEcho(text) {
+    let rtt = null;
+    if (text === "*" && this.pendingPings.length) {
+      rtt = performance.now() - this.pendingPings.shift();
+      this.rtts.push(rtt);
+      if (this.rtts.length > RTT_SAMPLES) this.rtts.shift();
+    }
+    this.emit("echo", text, rtt);
+  }
+
+  onFrame(frame) {
+    switch (frame.type) {
+      case "data":
+        if (this.isNew(frame)) this.emit("data", frame);
+        break;
+      case "reset":
+        this.lastSeq.delete(frame.topic);
+        this.emit("log", `reset ${frame.topic}${frame.reason ? `: ${frame.reason}` : ""}`);
+        this.emit("reset", frame);
+        break;
+      case "presence":
+        this.emit("presence", frame);
+        break;
+      case "error":
+        this.emit("log", `error ${frame.code}${frame.detail ? `: ${frame.detail}` : ""}`);
+        this.emit("error", frame);
+        break;
+      default:
+        break; // newer server, newer frame types: ignore what we do not know
+    }
+  }
+
+  /** Track the topic's last seq; false for a replayed frame we already have.
+   * A live frame with a lower seq means its publisher restarted and counts from 1 again: keep it. */
+  isNew(frame) {
+    if (typeof frame.topic !== "string" || typeof frame.seq !== "number") return true;
+    const last = this.lastSeq.get(frame.topic);
+    if (last !== undefined && frame.seq <= last && (frame.replay || frame.seq === last)) return false;
+    if (last !== undefined && frame.seq > last + 1 && !frame.replay) {
+      this.emit("log", `gap in ${frame.topic}: ${frame.seq - last - 1} frame(s) missed before #${frame.seq}`);
+    }
+    this.lastSeq.set(frame.topic, frame.seq);
+    return true;
+  }
+
+  onClose(socket, event) {
+    if (socket !== this.socket) return; // a socket we already gave up on
+    this.socket = null;
+    clearInterval(this.tickTimer);
+    this.tickTimer = null;
+    this.emit("log", `closed (code ${event.code}${event.reason ? `: ${event.reason}` : ""})`);
+    if (!this.wanted) {
+      this.setState("closed");
+    } else if (NO_RETRY_CODES.has(event.code)) {
+      // The server refused the request itself (bad topics, say): retrying would be refused again.
+      this.wanted = false;
+      this.setState("closed", { error: event.reason || `refused (code ${event.code})` });
+    } else {
+      this.scheduleRetry();
+    }
+  }
+
+  /** Forget the current socket without waiting for its close handshake (a dead one may never finish). */
+  dropSocket(code, reason) {
+    const socket = this.socket;
+    this.socket = null;
+    clearInterval(this.tickTimer);
+    this.tickTimer = null;
+    if (socket && socket.readyState !== WebSocket.CLOSED) socket.close(code, reason);
+  }
+
+  scheduleRetry() {
+    if (!this.wanted || this.retryTimer) return;
+    const delay = backoffDelay(this.attempt);
+    this.attempt += 1;
+    this.retryAt = Date.now() + delay;
+    this.setState("reconnecting", { retryAt: this.retryAt });
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.retryAt = null;
+      if (this.wanted && !this.socket) this.open();
+    }, delay);
+  }
+
+  cancelRetry() {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.retryAt = null;
+  }
+
+  /** Called when the browser says the network is back: retry now instead of at the backoff's time. */
+  retryNow() {
+    if (this.wanted && this.retryTimer) {
+      this.cancelRetry();
+      this.open();
+    }
+  }
+}
