@@ -203,7 +203,8 @@ class Worker:
                         if not line:
                             continue
                         frame = json.loads(line)
-                        if frame.get("topic") != topic:
+                        # Count live data frames of our topic only: not presence, resets or history replays.
+                        if frame.get("type") != "data" or frame.get("topic") != topic or frame.get("replay"):
                             continue
                         seq, ts = frame["seq"], frame["ts"]
                         received[index] += 1

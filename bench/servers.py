@@ -3,7 +3,8 @@
 The project's server is started the way ``make serve`` starts it (``scripts/devenv.py``: ``serve()``
 and ``production_command()``): static files collected, ``DJANGO_DEBUG=0``, a random secret,
 ``DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1`` and the Redis that devenv finds, plus a channel-layer
-prefix of its own per run so that no other process on the same Redis can publish into a measurement.
+prefix of its own per server started, so that no other process on the same Redis (nor an earlier
+measurement) can publish into a measurement.
 The command is selectable so that server choices can be compared:
 
 * ``default``: whatever ``production_command()`` returns today;
@@ -117,7 +118,6 @@ class ProjectEnvironment:
                 "DJANGO_ALLOWED_HOSTS": "localhost,127.0.0.1",
                 "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
                 "DJANGO_STATIC_ROOT": static_root,
-                "CHANNEL_LAYER_PREFIX": "bench-" + uuid.uuid4().hex[:10],
                 "PYTHONUNBUFFERED": "1",
             }
             subprocess.run(
@@ -134,14 +134,16 @@ class RunningServer:
 
     def __init__(self, spec: ServerSpec, env: dict[str, str]) -> None:
         self.spec = spec
-        self.env = env
+        # A channel-layer prefix of its own: nothing published for an earlier server (history, seq
+        # counters, late frames) reaches this one, so every measurement's seq starts at 1.
+        self.env = {**env, "CHANNEL_LAYER_PREFIX": "bench-" + uuid.uuid4().hex[:12]}
         self.port = devenv.free_port()
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self._published: threading.Event = threading.Event()
         self.process = subprocess.Popen(
             spec.command(self.port),
             cwd=ROOT,
-            env=env,
+            env=self.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
