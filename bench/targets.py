@@ -1,0 +1,204 @@
+"""Issue 4's targets, judged on one run's results: each a PASS / FAIL with the figure and the baseline's.
+
+Run results are the dict ``bench.__main__`` builds: each scenario holds a ``baseline`` and a
+``project`` result measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+TARGET_CLIENTS = 1000
+TARGET_RATE = 50.0
+TARGET_P99_MS = 100.0
+KNEE_P99_MS = 250.0
+TARGET_DELIVERY_RATIO = 0.5
+TARGET_ECHO_RATIO = 0.3
+TARGET_RTT_RATIO = 2.0
+TARGET_IDLE = 10_000
+TARGET_BURST = 5_000
+TARGET_KB_PER_CONNECTION = 20.0
+NONE = "-"  # no figure or no ratio to show
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One target: what it asks, the project's figure, the baseline's, and whether it holds."""
+
+    target: str
+    project: str
+    baseline: str
+    ratio: str
+    passed: bool | None  # None: not measured in this run
+
+    @property
+    def word(self) -> str:
+        return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+
+def ratio(project: float, baseline: float) -> str:
+    if not baseline or math.isnan(project) or math.isnan(baseline):
+        return NONE
+    return f"{project / baseline:.2f}x"
+
+
+def holds(cell: dict[str, Any], p99_ms: float) -> bool:
+    """No frame lost, no client failed to connect, and p99 within ``p99_ms``."""
+    return cell["lost_pct"] == 0 and not cell["failures"] and cell["p99_ms"] <= p99_ms
+
+
+def knee(cells: list[dict[str, Any]], side: str) -> tuple[str, str]:
+    """The most clients (at any rate) and the highest rate (at any client count) holding the knee limit."""
+    good = [c[side] for c in cells if holds(c[side], KNEE_P99_MS)]
+    if not good:
+        return "none held", "none held"
+    most = max(good, key=lambda r: (r["clients"], r["rate"]))
+    fastest = max(good, key=lambda r: (r["rate"], r["clients"]))
+    return (
+        f"{most['clients']:,} clients (at {most['rate']:g}/s)",
+        f"{fastest['rate']:g}/s (at {fastest['clients']:,} clients)",
+    )
+
+
+def fanout_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
+    target = [
+        c for c in cells if c["project"]["clients"] >= TARGET_CLIENTS and c["project"]["rate"] == TARGET_RATE
+    ]
+    cell = target[0] if target else None
+    cell_name = f"{TARGET_CLIENTS:,} clients x {TARGET_RATE:g}/s"
+    verdicts: list[Verdict] = []
+    if cell is None:
+        for what in (
+            "no loss",
+            f"p99 <= {TARGET_P99_MS:g} ms",
+            f"deliveries >= {TARGET_DELIVERY_RATIO}x baseline",
+        ):
+            verdicts.append(Verdict(f"fan-out {cell_name}: {what}", "not measured", NONE, NONE, None))
+    else:
+        p, b = cell["project"], cell["baseline"]
+        verdicts += [
+            Verdict(
+                f"fan-out {cell_name}: no loss",
+                f"{p['lost_pct']:.2f} % lost",
+                f"{b['lost_pct']:.2f} % lost",
+                NONE,
+                p["lost_pct"] == 0 and not p["failures"],
+            ),
+            Verdict(
+                f"fan-out {cell_name}: p99 <= {TARGET_P99_MS:g} ms",
+                f"{p['p99_ms']:.0f} ms",
+                f"{b['p99_ms']:.0f} ms",
+                ratio(p["p99_ms"], b["p99_ms"]),
+                p["p99_ms"] <= TARGET_P99_MS,
+            ),
+            Verdict(
+                f"fan-out {cell_name}: deliveries >= {TARGET_DELIVERY_RATIO}x baseline",
+                f"{p['deliveries_per_s']:,.0f}/s",
+                f"{b['deliveries_per_s']:,.0f}/s",
+                ratio(p["deliveries_per_s"], b["deliveries_per_s"]),
+                p["deliveries_per_s"] >= TARGET_DELIVERY_RATIO * b["deliveries_per_s"],
+            ),
+        ]
+    project_most, project_fastest = knee(cells, "project")
+    baseline_most, baseline_fastest = knee(cells, "baseline")
+    verdicts += [
+        Verdict(
+            f"knee (p99 <= {KNEE_P99_MS:g} ms, no loss): most clients",
+            project_most,
+            baseline_most,
+            NONE,
+            None,
+        ),
+        Verdict(
+            f"knee (p99 <= {KNEE_P99_MS:g} ms, no loss): highest rate",
+            project_fastest,
+            baseline_fastest,
+            NONE,
+            None,
+        ),
+    ]
+    return verdicts
+
+
+def echo_verdicts(latency: dict[str, Any] | None, throughput: dict[str, Any] | None) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    if throughput:
+        p, b = throughput["project"], throughput["baseline"]
+        verdicts.append(
+            Verdict(
+                f"echo msgs/s over {p['connections']} connections >= {TARGET_ECHO_RATIO}x baseline",
+                f"{p['msgs_per_s']:,.0f}/s",
+                f"{b['msgs_per_s']:,.0f}/s",
+                ratio(p["msgs_per_s"], b["msgs_per_s"]),
+                p["msgs_per_s"] >= TARGET_ECHO_RATIO * b["msgs_per_s"],
+            )
+        )
+    if latency:
+        p, b = latency["project"], latency["baseline"]
+        verdicts.append(
+            Verdict(
+                f"echo p50 round trip <= {TARGET_RTT_RATIO:g}x baseline",
+                f"{p['p50_ms']:.3f} ms",
+                f"{b['p50_ms']:.3f} ms",
+                ratio(p["p50_ms"], b["p50_ms"]),
+                p["p50_ms"] <= TARGET_RTT_RATIO * b["p50_ms"],
+            )
+        )
+    return verdicts
+
+
+def connection_verdicts(idle: dict[str, Any] | None, burst: dict[str, Any] | None) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    if idle:
+        p, b = idle["project"], idle["baseline"]
+        size = (
+            ""
+            if p["clients"] >= TARGET_IDLE
+            else f" (measured at {p['clients']:,}; bench-full: {TARGET_IDLE:,})"
+        )
+        verdicts += [
+            Verdict(
+                f"{p['clients']:,} idle clients all held{size}",
+                f"{p['still_open']:,} held, {sum(p['failures'].values())} failed",
+                f"{b['still_open']:,} held, {sum(b['failures'].values())} failed",
+                NONE,
+                p["still_open"] == p["clients"] and not p["failures"],
+            ),
+            Verdict(
+                f"memory per idle connection <= {TARGET_KB_PER_CONNECTION:g} KB{size}",
+                f"{p['kb_per_connection']:.1f} KB",
+                f"{b['kb_per_connection']:.1f} KB",
+                ratio(p["kb_per_connection"], b["kb_per_connection"]),
+                p["kb_per_connection"] <= TARGET_KB_PER_CONNECTION,
+            ),
+        ]
+    if burst:
+        p, b = burst["project"], burst["baseline"]
+        size = (
+            ""
+            if p["clients"] >= TARGET_BURST
+            else f" (measured at {p['clients']:,}; bench-full: {TARGET_BURST:,})"
+        )
+        verdicts.append(
+            Verdict(
+                f"burst of {p['clients']:,} handshakes: none failed{size}",
+                f"{p['failed']} failed {p['failures'] or ''}".strip(),
+                f"{b['failed']} failed {b['failures'] or ''}".strip(),
+                NONE,
+                p["failed"] == 0,
+            )
+        )
+    return verdicts
+
+
+def verdicts(run: dict[str, Any]) -> list[Verdict]:
+    """Every target this run measured (and the fan-out ones as n/a if it did not)."""
+    scenarios = run["scenarios"]
+    found: list[Verdict] = []
+    if "fanout" in scenarios:
+        found += fanout_verdicts(scenarios["fanout"])
+    found += echo_verdicts(scenarios.get("echo_latency"), scenarios.get("echo_throughput"))
+    found += connection_verdicts(scenarios.get("idle"), scenarios.get("burst"))
+    return found
