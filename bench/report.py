@@ -1,0 +1,208 @@
+"""The dated write-up of one run: a Markdown report and a PNG plot in ``bench/results/``.
+
+Goal, method, hardware and versions, the targets as PASS / FAIL beside the baseline, then every
+figure measured. matplotlib is a bench-only dependency (``bench/requirements.txt``); without it the
+Markdown is still written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from bench.targets import Verdict, verdicts
+
+GOAL = (
+    "Measure the project's WebSocket server (Django Channels, the Redis fan-out channel layer, "
+    "`push_data` as the publisher) against a plain `websockets` server broadcasting in-process, "
+    "in the same run, and judge issue 4's targets."
+)
+
+METHOD = """\
+- Servers run one at a time on 127.0.0.1, each freshly started per scenario (and per fan-out cell).
+  The project's server is started as `make serve` starts it (collectstatic, `DJANGO_DEBUG=0`, random
+  secret, allowed hosts `localhost,127.0.0.1`, Redis found by `scripts/devenv.py`), with a
+  channel-layer prefix of its own per start. The baseline is `bench/baseline_server.py`
+  (`websockets` on uvloop, `broadcast()` of frames in the project's wire format).
+- Clients: `bench/client.py` worker processes (uvloop, the `websockets` asyncio client, no
+  compression), all connected before a measurement starts. Clients connect to
+  `/ws/echo/?topics=prices` and split every text frame on `\\n` (a server may batch frames).
+- Fan-out: the publisher is `manage.py push_data --source sine --rate R --count N --topic prices`
+  for the project and the baseline's in-process broadcast; latency is `time.time()` at receive minus
+  the frame's `ts` (same machine, same clock); a frame is lost if it never arrived, or had not arrived
+  {grace:g} s after the publisher finished; deliveries/s = frames received / (last receive - first
+  publish).
+- Echo latency: one message at a time on {lat_conns} connection(s), {lat_msgs:,} round trips each.
+  Echo throughput: {thr_conns} connections for {thr_secs:g} s, each with at most {window} messages in flight.
+- Idle: clients opened 200 handshakes at a time per worker and held silent; memory per connection is
+  the server's RSS (whole process tree) after minus before, over the clients connected.
+  Burst: every handshake started at the same moment.
+- CPU is % of one core over the measured window, for the server (process tree) and the load
+  generator (all workers); a load generator near 100 % x workers limits what is measured.
+"""
+
+
+def fmt(value: Any, spec: str = ",.0f") -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return format(value, spec)
+
+
+def verdict_table(found: list[Verdict]) -> list[str]:
+    lines = ["| target | project | baseline | ratio | result |", "|---|---|---|---|---|"]
+    lines += [f"| {v.target} | {v.project} | {v.baseline} | {v.ratio} | **{v.word}** |" for v in found]
+    return lines
+
+
+def fanout_table(cells: list[dict[str, Any]], servers: dict[str, str]) -> list[str]:
+    lines = [
+        "| clients | pushes/s | server | deliveries/s (offered) | lost % | p50 ms | p95 ms | p99 ms | max ms "
+        "| server CPU % | load gen CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        for side in ("baseline", "project"):
+            r = cell[side]
+            failures = f" ({sum(r['failures'].values())} failed to connect)" if r["failures"] else ""
+            lines.append(
+                f"| {r['clients']:,}{failures} | {r['rate']:g} | {servers[side]} "
+                f"| {fmt(r['deliveries_per_s'])} ({fmt(r['offered_per_s'])}) | {r['lost_pct']:.2f} "
+                f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p95_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} "
+                f"| {fmt(r['max_ms'], '.1f')} | {r['server_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |"
+            )
+    return lines
+
+
+def echo_table(scenarios: dict[str, Any], servers: dict[str, str]) -> list[str]:
+    lines = [
+        "| server | echo msgs/s | p50 RTT ms | p99 RTT ms | server CPU % (throughput) | load gen CPU % |",
+        "|---|---|---|---|---|---|",
+    ]
+    latency, throughput = scenarios.get("echo_latency"), scenarios.get("echo_throughput")
+    for side in ("baseline", "project"):
+        lat = latency[side] if latency else {}
+        thr = throughput[side] if throughput else {}
+        nan = math.nan
+        lines.append(
+            f"| {servers[side]} | {fmt(thr.get('msgs_per_s', nan))} | {fmt(lat.get('p50_ms', nan), '.3f')} "
+            f"| {fmt(lat.get('p99_ms', math.nan), '.3f')} | {fmt(thr.get('server_cpu_pct', math.nan))} "
+            f"| {fmt(thr.get('loadgen_cpu_pct', math.nan))} |"
+        )
+    return lines
+
+
+def connections_table(scenarios: dict[str, Any], servers: dict[str, str]) -> list[str]:
+    lines = [
+        "| server | idle clients held | KB per idle connection | RSS before → after MB | connect s "
+        "| burst: connected / started | burst failures | handshake p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    idle, burst = scenarios.get("idle"), scenarios.get("burst")
+    for side in ("baseline", "project"):
+        i = idle[side] if idle else None
+        b = burst[side] if burst else None
+        idle_cells = (
+            f"{i['still_open']:,} / {i['clients']:,} | {i['kb_per_connection']:.1f} "
+            f"| {i['rss_before_mb']:.0f} → {i['rss_after_mb']:.0f} | {i['connect_seconds']:.1f}"
+            if i
+            else "- | - | - | -"
+        )
+        burst_cells = (
+            f"{b['connected']:,} / {b['clients']:,} | {b['failures'] or 'none'} "
+            f"| {fmt(b['handshake_p50_ms'], '.0f')} / {fmt(b['handshake_p99_ms'], '.0f')}"
+            if b
+            else "- | - | -"
+        )
+        lines.append(f"| {servers[side]} | {idle_cells} | {burst_cells} |")
+    return lines
+
+
+def plot(run: dict[str, Any], path: Path) -> bool:
+    """p99 latency and loss against clients, one line per server and rate; False without matplotlib."""
+    cells = run["scenarios"].get("fanout")
+    if not cells:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (latency_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rates = sorted({c["project"]["rate"] for c in cells})
+    for side, style in (("baseline", "--"), ("project", "-")):
+        for rate in rates:
+            points = sorted((c[side]["clients"], c[side]) for c in cells if c[side]["rate"] == rate)
+            clients = [p[0] for p in points]
+            label = f"{run['servers'][side]}, {rate:g}/s"
+            latency_axes.plot(clients, [p[1]["p99_ms"] for p in points], style, marker="o", label=label)
+            loss_axes.plot(clients, [p[1]["lost_pct"] for p in points], style, marker="o", label=label)
+    latency_axes.axhline(100, color="grey", linewidth=0.8)
+    latency_axes.axhline(250, color="grey", linewidth=0.8, linestyle=":")
+    latency_axes.set(
+        xlabel="clients", ylabel="publish → receive p99 (ms)", yscale="log", title="Fan-out latency"
+    )
+    loss_axes.set(xlabel="clients", ylabel="lost (%)", title="Fan-out loss")
+    latency_axes.legend(fontsize=7)
+    env = run["environment"]
+    figure.suptitle(f"{run['date']} ({run['profile']}), {env['cpu_model']}, {env['nproc']} cores")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def markdown(run: dict[str, Any], plot_name: str | None) -> str:
+    """The whole report as Markdown."""
+    env, profile, servers = run["environment"], run["parameters"], run["servers"]
+    versions = ", ".join(f"{name} {version}" for name, version in env["versions"].items())
+    lines = [
+        f"# Benchmark, {run['date']} ({run['profile']})",
+        "",
+        f"Measured on this machine; figures will be updated as the server changes. Project server: "
+        f"**{servers['project']}**; baseline: **{servers['baseline']}**. Code: {env['code']}.",
+        "",
+        "## Goal",
+        "",
+        GOAL,
+        "",
+        "## Method",
+        "",
+        METHOD.format(**profile),
+        "## Hardware and versions",
+        "",
+        f"- {env['nproc']} cores ({env['cpu_model']}), {env['memory_gb']} GB memory, Linux {env['kernel']}",
+        f"- {versions}",
+        f"- load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in env['load_before'])}; "
+        f"after: {', '.join(f'{x:.2f}' for x in env['load_after'])} (the machine is shared)",
+        f"- load generator: {profile['loadgen_workers']} worker processes; run took {run['seconds']:.0f} s",
+        "",
+        "## Targets (issue 4)",
+        "",
+        *verdict_table(verdicts(run)),
+        "",
+    ]
+    scenarios = run["scenarios"]
+    if scenarios.get("fanout"):
+        lines += ["## Fan-out", "", *fanout_table(scenarios["fanout"], servers), ""]
+        if plot_name:
+            lines += [f"![p99 latency and loss against clients and rate]({plot_name})", ""]
+    if scenarios.get("echo_latency") or scenarios.get("echo_throughput"):
+        lines += ["## Echo", "", *echo_table(scenarios, servers), ""]
+    if scenarios.get("idle") or scenarios.get("burst"):
+        lines += ["## Connections", "", *connections_table(scenarios, servers), ""]
+    return "\n".join(lines)
+
+
+def write(run: dict[str, Any], directory: Path) -> Path:
+    """Write ``<date>-<profile>.md``, ``.png`` and ``.json`` (raw) in ``directory``; return the .md."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{run['date'].replace(':', '').replace(' ', '-')}-{run['profile']}"
+    png = directory / f"{stem}.png"
+    report = directory / f"{stem}.md"
+    report.write_text(markdown(run, png.name if plot(run, png) else None))
+    (directory / f"{stem}.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+    return report
