@@ -1,0 +1,185 @@
+"""The page in a real headless Chromium against a real server process: connect, chart, heal, disconnect.
+
+Every wait is on a condition in the page (Playwright's ``wait_for_function`` / ``expect``) with a
+timeout scaled by TEST_TIMEOUT_FACTOR; nothing sleeps for a fixed time. The chart's data is read
+through the page's documented ``window.liveChart`` hook; frames the page sends are counted by a spy
+installed before the page's scripts run (tests/browser.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.browser import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    WEBSOCKET_FAILED,
+    WEBSOCKET_SPY,
+    ConsoleWatcher,
+    ms,
+    push_data,
+    require_chromium,
+    restartable_server,
+)
+from tests.support import Server
+
+pytestmark = pytest.mark.browser
+
+# Page functions, never expressions: polling a string expression would need eval, which the page's
+# Content-Security-Policy forbids (as it should).
+# How many points the chart holds whose ts is at or after `since` (epoch seconds).
+POINTS_SINCE = "([since]) => window.liveChart.data()[0].filter((x) => x >= since).length"
+POINTS_SINCE_AT_LEAST = (
+    "([since, count]) => window.liveChart.data()[0].filter((x) => x >= since).length >= count"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page with the WebSocket spy installed; console errors are collected on `page.console`."""
+    context = browser.new_context(viewport={"width": 1000, "height": 1000})
+    context.add_init_script(WEBSOCKET_SPY)
+    new_page = context.new_page()
+    new_page.set_default_timeout(ms(20))
+    new_page.console = ConsoleWatcher()
+    new_page.console.attach(new_page)
+    yield new_page
+    context.close()
+
+
+def allow_missing_topics_api(page: Any, server: Server) -> None:
+    """Until the server has GET /api/topics, the page's request for it is an expected 404."""
+    try:
+        urllib.request.urlopen(server.http_url("/api/topics"), timeout=10).close()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            page.console.allowed.append(re.compile(r"/api/topics$"))
+
+
+def open_page(page: Any, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    allow_missing_topics_api(page, server)
+    page.goto(server.http_url("/"))
+    expect(page.locator("#status")).to_have_text("closed")
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("open", timeout=ms(20))
+
+
+def sent_count(page: Any) -> int:
+    return page.evaluate("window.__ws.sent.length")
+
+
+def test_connect_shows_open_echoes_and_round_trip_time(server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_page(page, server)
+    expect(page.locator("#log")).to_contain_text("echo: *", timeout=ms(20))
+    expect(page.locator("#rtt")).to_have_text(re.compile(r"^\d+(\.\d)?$"), timeout=ms(20))
+    expect(page.locator("#rtt-median")).to_have_text(re.compile(r"^\d+(\.\d)?$"))
+    urls = page.evaluate("window.__ws.urls")
+    assert urls == [f"ws://127.0.0.1:{server.port}/ws/echo/?topics=prices&history=600"]
+    assert page.evaluate("window.__ws.sent").count("*") >= 1
+    page.console.assert_clean()
+
+
+def test_pushed_points_fill_the_chart_and_the_legend(
+    server: Server, server_env: dict[str, str], page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    open_page(page, server)
+    started = time.time()
+    count = 40
+    push_data(server_env, "--topic", "prices", "--count", str(count), "--rate", "40")
+    page.wait_for_function(POINTS_SINCE_AT_LEAST, arg=[started, count], timeout=ms(30))
+    assert page.evaluate(POINTS_SINCE, [started]) == count
+    assert page.evaluate("window.liveChart.series()") == ["prices/price"]
+    latest = page.evaluate("window.liveChart.latest()['prices/price']")
+    expect(page.locator('#latest [data-key="prices/price"] dd')).to_have_text(f"{latest:.2f}")
+    expect(page.locator("#age")).to_have_text(re.compile(r"\d+(\.\d)? (ms|s|min)$"))
+    # The chart was drawn, by uPlot, into #chart.
+    assert page.locator("#chart canvas").count() == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-with-chart.png"), full_page=True)
+    page.console.assert_clean()
+
+
+def test_a_fast_feed_is_drawn_once_per_animation_frame_not_once_per_message(
+    server: Server, server_env: dict[str, str], page: Any
+) -> None:
+    open_page(page, server)
+    started = time.time()
+    draws_before = page.evaluate("window.liveChart.draws()")
+    count = 400
+    push_data(server_env, "--topic", "prices", "--count", str(count), "--rate", "200")
+    page.wait_for_function(POINTS_SINCE_AT_LEAST, arg=[started, count], timeout=ms(30))
+    assert page.evaluate(POINTS_SINCE, [started]) == count
+    draws = page.evaluate("window.liveChart.draws()") - draws_before
+    assert 0 < draws < count / 2
+    page.console.assert_clean()
+
+
+def test_the_page_reconnects_by_itself_after_a_server_restart(server_env: dict[str, str], page: Any) -> None:
+    from playwright.sync_api import expect
+
+    with restartable_server(server_env) as servers:
+        first = servers.server
+        assert first is not None
+        open_page(page, first)
+        push_data(server_env, "--topic", "prices", "--count", "5", "--rate", "50")
+        page.wait_for_function("() => window.liveChart.count('prices') >= 5", timeout=ms(30))
+
+        # Chromium logs each refused reconnect attempt itself while the server is down.
+        page.console.allowed.append(WEBSOCKET_FAILED)
+        servers.stop()
+        expect(page.locator("#status")).to_have_text(re.compile(r"^reconnecting in \d+ s$"), timeout=ms(20))
+        servers.start(first.port)
+        expect(page.locator("#status")).to_have_text("open", timeout=ms(40))
+
+        started = time.time()
+        push_data(server_env, "--topic", "prices", "--count", "10", "--rate", "50")
+        page.wait_for_function(POINTS_SINCE_AT_LEAST, arg=[started, 10], timeout=ms(30))
+        urls = page.evaluate("window.__ws.urls")
+        assert len(urls) >= 2
+        assert re.search(r"[?&]since=prices:\d+", urls[-1]), urls[-1]
+    page.console.assert_clean()
+
+
+def test_disconnect_closes_and_sends_nothing_more(server: Server, page: Any) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import expect
+
+    open_page(page, server)
+    page.wait_for_function("() => window.__ws.sent.length >= 1", timeout=ms(20))
+    page.click("#disconnect")
+    expect(page.locator("#status")).to_have_text("closed")
+    expect(page.locator("#connect")).to_be_enabled()
+    sent, sockets = sent_count(page), page.evaluate("window.__ws.urls.length")
+    # Nothing may happen: wait for a frame or a new socket, and expect the wait to time out.
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_function(
+            "([sent, sockets]) => window.__ws.sent.length > sent || window.__ws.urls.length > sockets",
+            arg=[sent, sockets],
+            timeout=ms(4),
+        )
+    expect(page.locator("#status")).to_have_text("closed")
+    page.console.assert_clean()
