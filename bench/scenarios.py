@@ -100,10 +100,17 @@ def echo_throughput(
     }
 
 
-def fanout(server: RunningServer, load: LoadGenerator, clients: int, rate: float, seconds: float) -> Result:
+def fanout(
+    server: RunningServer,
+    load: LoadGenerator,
+    clients: int,
+    rate: float,
+    seconds: float,
+    grace: float = FANOUT_GRACE,
+) -> Result:
     """``clients`` listen while the publisher pushes ``rate`` frames/s for ``seconds``: loss and latency.
 
-    A frame counts as lost if it never arrived (a seq gap, or not there ``FANOUT_GRACE`` seconds after
+    A frame counts as lost if it never arrived (a seq gap, or not there ``grace`` seconds after
     the publisher finished). Deliveries/s is frames received over the span from the first publish to
     the last receive (at least the publishing schedule), so a server that falls behind shows a lower
     rate than it was offered.
@@ -117,10 +124,10 @@ def fanout(server: RunningServer, load: LoadGenerator, clients: int, rate: float
     connected = sum(r["connected"] for r in ready)
     meter = Meter(server, load)
     # The hard deadline only matters if the publisher hangs; normally "published" + grace ends the wait.
-    load.go({"count": count, "deadline": CONNECT_TIMEOUT + seconds + FANOUT_GRACE})
+    load.go({"count": count, "deadline": CONNECT_TIMEOUT + seconds + grace})
     server.publish(rate, count, timeout=CONNECT_TIMEOUT + seconds)
-    load.tell({"op": "published", "grace": FANOUT_GRACE})
-    results, _ = load.results(CONNECT_TIMEOUT + seconds + FANOUT_GRACE)
+    load.tell({"op": "published", "grace": grace})
+    results, _ = load.results(CONNECT_TIMEOUT + seconds + grace)
     usage = meter.finish()
     latencies: array.array[float] = array.array("f")
     for r in results:

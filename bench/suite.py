@@ -1,0 +1,161 @@
+"""One benchmark run: every selected scenario, baseline then project, each on a freshly started server.
+
+The sizes come from a ``Profile``: ``quick`` for ``make bench`` (a few minutes), ``full`` for
+``make bench-full`` (the clients x rate grid, 10,000 idle clients, a burst of 5,000), ``smoke`` for
+``tests/test_bench_smoke.py`` (seconds). A run is a JSON-ready dict that ``bench.report`` writes up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench import scenarios
+from bench.environment import describe
+from bench.loadgen import LoadGenerator
+from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
+
+SCENARIOS = ("echo", "fanout", "idle", "burst")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The sizes of one kind of run."""
+
+    lat_conns: int
+    lat_msgs: int
+    thr_conns: int
+    thr_secs: float
+    window: int
+    clients: tuple[int, ...]
+    rates: tuple[float, ...]
+    fan_secs: float
+    grace: float
+    idle: int
+    burst: int
+
+
+PROFILES = {
+    "quick": Profile(
+        lat_conns=1, lat_msgs=2000, thr_conns=50, thr_secs=5, window=16,
+        clients=(250, 1000), rates=(10, 50), fan_secs=5, grace=5, idle=2000, burst=2000,
+    ),
+    "full": Profile(
+        lat_conns=1, lat_msgs=5000, thr_conns=50, thr_secs=10, window=16,
+        clients=(100, 250, 500, 1000, 2000), rates=(2, 10, 50, 100), fan_secs=10, grace=5,
+        idle=10_000, burst=5_000,
+    ),
+    "smoke": Profile(
+        lat_conns=2, lat_msgs=20, thr_conns=4, thr_secs=0.5, window=4,
+        clients=(3,), rates=(20,), fan_secs=0.5, grace=2, idle=5, burst=5,
+    ),
+}  # fmt: skip
+
+Progress = Callable[[str], None]
+
+
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def both(
+    project: ProjectEnvironment,
+    spec: ServerSpec,
+    measure: Callable[[RunningServer], dict[str, Any]],
+) -> dict[str, Any]:
+    """Measure the baseline, then the project's server, each freshly started."""
+    pair: dict[str, Any] = {}
+    for side, side_spec in (("baseline", ServerSpec("baseline")), ("project", spec)):
+        with running(side_spec, project) as server:
+            pair[side] = measure(server)
+    return pair
+
+
+def run(
+    profile_name: str,
+    spec: ServerSpec,
+    loadgen_workers: int = 2,
+    only: Sequence[str] = SCENARIOS,
+    progress: Progress = to_stderr,
+) -> dict[str, Any]:
+    """Run the selected scenarios against the baseline and ``spec``; return the run's results.
+
+    A scenario that fails stops the run; the results so far are returned with ``error`` set, so that
+    a long run still leaves a report.
+    """
+    profile = PROFILES[profile_name]
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    run_info: dict[str, Any] = {
+        "profile": profile_name,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "servers": {"baseline": ServerSpec("baseline").label(), "project": spec.label()},
+        "parameters": {**dataclasses.asdict(profile), "loadgen_workers": loadgen_workers},
+        "scenarios": results,
+    }
+    with ProjectEnvironment.open() as project, LoadGenerator(loadgen_workers) as load:
+        run_info["environment"] = describe(project.redis_url)
+        try:
+            if "echo" in only:
+
+                def echo(server: RunningServer) -> dict[str, Any]:
+                    return {
+                        "latency": scenarios.echo_latency(server, load, profile.lat_conns, profile.lat_msgs),
+                        "throughput": scenarios.echo_throughput(
+                            server, load, profile.thr_conns, profile.thr_secs, profile.window
+                        ),
+                    }
+
+                pair = both(project, spec, echo)
+                results["echo_latency"] = {side: pair[side]["latency"] for side in pair}
+                results["echo_throughput"] = {side: pair[side]["throughput"] for side in pair}
+                progress(f"echo: {summary_echo(results)}")
+            if "fanout" in only:
+                results["fanout"] = []
+                for rate in profile.rates:
+                    for clients in profile.clients:
+                        cell = both(
+                            project,
+                            spec,
+                            lambda s, c=clients, r=rate: scenarios.fanout(
+                                s, load, c, r, profile.fan_secs, profile.grace
+                            ),
+                        )
+                        results["fanout"].append(cell)
+                        progress(f"fan-out {clients} x {rate:g}/s: {summary_fanout(cell)}")
+            if "idle" in only:
+                results["idle"] = both(project, spec, lambda s: scenarios.idle(s, load, profile.idle))
+                progress(f"idle {profile.idle}: " + summary(results["idle"], "kb_per_connection", "KB/conn"))
+            if "burst" in only:
+                results["burst"] = both(project, spec, lambda s: scenarios.burst(s, load, profile.burst))
+                progress(f"burst {profile.burst}: " + summary(results["burst"], "failed", "failed"))
+        except Exception as exc:
+            run_info["error"] = f"{type(exc).__name__}: {exc}"
+            progress(f"run stopped: {run_info['error']}")
+    run_info["environment"]["load_after"] = os.getloadavg()
+    run_info["seconds"] = time.monotonic() - started
+    return run_info
+
+
+def summary(pair: dict[str, Any], key: str, unit: str) -> str:
+    return f"baseline {pair['baseline'][key]:,.1f} {unit}, project {pair['project'][key]:,.1f} {unit}"
+
+
+def summary_echo(results: dict[str, Any]) -> str:
+    return (
+        summary(results["echo_throughput"], "msgs_per_s", "msgs/s")
+        + "; p50 RTT "
+        + summary(results["echo_latency"], "p50_ms", "ms")
+    )
+
+
+def summary_fanout(cell: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{side} p99 {r['p99_ms']:,.0f} ms, lost {r['lost_pct']:.2f} %, {r['deliveries_per_s']:,.0f}/s, "
+        f"CPU server {r['server_cpu_pct']:.0f} % / load gen {r['loadgen_cpu_pct']:.0f} %"
+        for side, r in cell.items()
+    )
