@@ -1,0 +1,71 @@
+"""Smoke test of the benchmark suite: every scenario runs on tiny sizes and reports every field.
+
+Benchmarks are not tests: nothing here asserts a timing or a target. It checks that the suite still
+works end to end (both servers start, the load generator's workers connect and report, the report is
+written), so that ``make bench`` does not rot between runs. About 10 s per server choice.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report, suite
+from bench.servers import ServerSpec
+from bench.targets import verdicts
+
+LATENCY_FIELDS = {"p50_ms", "p95_ms", "p99_ms", "max_ms"}
+CPU_FIELDS = {"seconds", "server_cpu_pct", "loadgen_cpu_pct"}
+
+
+def check_pair(pair: dict[str, Any], fields: set[str]) -> None:
+    assert set(pair) == {"baseline", "project"}
+    for side, result in pair.items():
+        missing = fields - set(result)
+        assert not missing, f"{side} result lacks {missing}: {result}"
+
+
+@pytest.mark.parametrize("server", ["default", "uvicorn"])
+def test_every_scenario_reports_its_fields(server: str, tmp_path: Path) -> None:
+    profile = suite.PROFILES["smoke"]
+    run = suite.run("smoke", ServerSpec(server), loadgen_workers=1, progress=lambda line: None)
+
+    assert "error" not in run, run.get("error")
+    scenarios = run["scenarios"]
+
+    check_pair(scenarios["echo_latency"], {"connections", "round_trips", *LATENCY_FIELDS, *CPU_FIELDS})
+    for result in scenarios["echo_latency"].values():
+        assert result["round_trips"] == profile.lat_conns * profile.lat_msgs
+        assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+    check_pair(scenarios["echo_throughput"], {"connections", "replies", "msgs_per_s", "errors", *CPU_FIELDS})
+    for result in scenarios["echo_throughput"].values():
+        assert result["replies"] > 0 and result["msgs_per_s"] > 0
+
+    assert len(scenarios["fanout"]) == len(profile.clients) * len(profile.rates)
+    for cell in scenarios["fanout"]:
+        check_pair(
+            cell,
+            {"clients", "rate", "published", "expected", "received", "gaps", "lost_pct", "deliveries_per_s"}
+            | {"offered_per_s", "closed", "failures"}
+            | LATENCY_FIELDS
+            | CPU_FIELDS,
+        )
+        for result in cell.values():
+            # Frames of the wire format arrived and were parsed; loss is measured, not asserted.
+            assert 0 < result["received"] <= result["expected"]
+            assert math.isfinite(result["p99_ms"])
+
+    check_pair(scenarios["idle"], {"clients", "connected", "still_open", "failures", "kb_per_connection"})
+    check_pair(scenarios["burst"], {"clients", "connected", "failed", "failures", "handshake_p99_ms"})
+    for result in scenarios["burst"].values():
+        assert result["connected"] + result["failed"] == profile.burst
+
+    assert {v.word for v in verdicts(run)} <= {"PASS", "FAIL", "n/a"}
+    written = report.write(run, tmp_path)
+    text = written.read_text()
+    assert "## Targets (issue 4)" in text and "## Fan-out" in text and "## Connections" in text
+    assert written.with_suffix(".json").exists()
