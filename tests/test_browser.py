@@ -8,6 +8,7 @@ installed before the page's scripts run (tests/browser.py).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.error
@@ -182,4 +183,104 @@ def test_disconnect_closes_and_sends_nothing_more(server: Server, page: Any) -> 
             timeout=ms(4),
         )
     expect(page.locator("#status")).to_have_text("closed")
+    page.console.assert_clean()
+
+
+# ------------------------------------------------------------ the protocol, against a scripted socket
+# Playwright stands in for the server's WebSocket (the page and its static files still come from the
+# real server), so each test can send exactly the frames, or the silence, that it is about. Playwright
+# swaps the page's WebSocket class for its own here, so the spy sees nothing: count with the hook.
+
+
+def data_frame(seq: int, price: float, ts: float, **extra: Any) -> str:
+    return json.dumps(
+        {"type": "data", "topic": "prices", "seq": seq, "ts": ts, "values": {"price": price}, **extra}
+    )
+
+
+def echo_stars(ws: Any) -> None:
+    ws.on_message(lambda message: ws.send(message) if message == "*" else None)
+
+
+def test_batched_replayed_duplicate_and_reset_frames(server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    now = time.time()
+
+    def scripted(ws: Any) -> None:
+        echo_stars(ws)
+        # History on connect, several frames to a text frame; then a duplicate; then live.
+        ws.send("\n".join(data_frame(seq, 100 + seq, now - 10 + seq, replay=True) for seq in (1, 2, 3)))
+        ws.send(data_frame(3, 103, now - 7, replay=True))
+        ws.send(
+            data_frame(4, 104, now - 6)
+            + "\n"
+            + json.dumps({"type": "presence", "topic": "prices", "count": 3})
+        )
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    open_page(page, server)
+    page.wait_for_function("() => window.liveChart.count('prices') >= 4")
+    expect(page.locator("#presence")).to_have_text("prices: 3 watching")
+    expect(page.locator('#latest [data-key="prices/price"] dd')).to_have_text("104")
+    assert page.evaluate("window.liveChart.count('prices')") == 4
+    assert page.evaluate("window.liveChart.lastSeq()") == {"prices": 4}
+    page.console.assert_clean()
+
+
+def test_a_reset_clears_the_topic_before_its_history(server: Server, page: Any) -> None:
+    now = time.time()
+
+    def scripted(ws: Any) -> None:
+        ws.send("\n".join(data_frame(seq, 100, now - 20 + seq) for seq in range(1, 6)))
+        heartbeats: list[str] = []
+
+        def on_message(message: str) -> None:
+            heartbeats.append(message)
+            ws.send(message)
+            if len(heartbeats) == 1:  # after the first heartbeat: the history was lost, here is what is left
+                ws.send(json.dumps({"type": "reset", "topic": "prices", "reason": "history lost"}))
+                ws.send(data_frame(9, 109, now - 1, replay=True))
+
+        ws.on_message(on_message)
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    open_page(page, server)
+    page.wait_for_function("() => window.liveChart.lastSeq().prices === 9", timeout=ms(20))
+    assert page.evaluate("window.liveChart.count('prices')") == 1
+    page.console.assert_clean()
+
+
+def test_a_silent_connection_is_detected_and_replaced(server: Server, page: Any) -> None:
+    sockets: list[Any] = []
+
+    def silent(ws: Any) -> None:
+        sockets.append(ws)  # accepted, and then never a word
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), silent)
+    open_page(page, server)
+    page.wait_for_function("() => window.liveChart.connections() >= 2", timeout=ms(30))
+    assert len(sockets) >= 2
+    assert "no frame for" in page.locator("#log").text_content()
+    page.console.assert_clean()
+
+
+def test_a_refused_request_is_shown_and_not_retried(server: Server, page: Any) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import expect
+
+    def refuse(ws: Any) -> None:
+        ws.send(json.dumps({"type": "error", "code": "bad_topic", "detail": "no such topic: <b>x</b>"}))
+        ws.close(code=1008, reason="bad request")
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), refuse)
+    allow_missing_topics_api(page, server)
+    page.goto(server.http_url("/"))
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("closed", timeout=ms(20))
+    expect(page.locator("#error")).to_have_text(re.compile(r"bad request|bad_topic"))
+    assert page.locator("#error b").count() == 0  # server text is text, never markup
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_function("() => window.liveChart.connections() > 1", timeout=ms(3))
+    assert page.evaluate("window.liveChart.connections()") == 1
     page.console.assert_clean()

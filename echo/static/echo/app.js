@@ -218,6 +218,7 @@ showStatus();
  *   windowSeconds() the width of the time window
  *   lastSeq()      {topic: last seq seen}, what a reconnect asks to resume from
  *   state()        the connection's state, as #status shows it
+ *   connections()  how many sockets the page has opened (1 + reconnects)
  */
 window.liveChart = Object.freeze({
   count: (topic) => chart.count(topic),
@@ -228,4 +229,5 @@ window.liveChart = Object.freeze({
   windowSeconds: () => chart.windowSeconds,
   lastSeq: () => Object.fromEntries(connection.lastSeq),
   state: () => connection.state,
+  connections: () => connection.opened,
 });

@@ -11,6 +11,17 @@ const KEEP_SECONDS = Math.max(...WINDOW_CHOICES);
 // Readable on light and dark backgrounds alike (mid-lightness, distinct hues).
 const PALETTE = ["#1f77d4", "#e4572e", "#17a589", "#a05195", "#c9a000", "#5d9c3b", "#e377c2", "#8c8c8c"];
 
+const CLOCK = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  hour12: false,
+});
+
+function clockTime(seconds) {
+  return CLOCK.format(new Date(seconds * 1000));
+}
+
 /** Index of the first element of sorted `xs` that is >= x (xs.length if none). */
 function lowerBound(xs, x) {
   let lo = 0;
@@ -163,7 +174,11 @@ export class LiveChart {
       scales: {
         x: { time: true, range: () => [this.right() - this.windowSeconds, this.right()] },
       },
-      axes: [axis, { ...axis, size: 60 }],
+      axes: [
+        // Local wall-clock time, one line per label, so labels never overlap on a narrow screen.
+        { ...axis, space: 70, values: (u, splits) => splits.map(clockTime) },
+        { ...axis, size: 60 },
+      ],
       series: [
         {},
         ...[...this.columns.keys()].map((key) => ({

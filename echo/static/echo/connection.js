@@ -84,6 +84,7 @@ export class LiveConnection {
     this.openedAt = 0;
     this.pendingPings = []; // send times of "*" frames not yet echoed, oldest first
     this.state = "closed";
+    this.opened = 0; // sockets opened so far
   }
 
   emit(name, ...args) {
@@ -135,6 +136,7 @@ export class LiveConnection {
     const url = socketUrl(this.location, this.topics, this.lastSeq);
     this.emit("log", `opening ${url}`);
     const socket = new WebSocket(url);
+    this.opened += 1;
     this.socket = socket;
     this.pendingPings = [];
     this.lastFrameAt = performance.now();
