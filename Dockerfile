@@ -1,4 +1,12 @@
 # The production image: web (daphne) and pusher (push_data) both run from it.
+
+# The page's npm packages, exactly as package-lock.json pins them. Only the chart library's built
+# files leave this stage: no Node.js in the final image.
+FROM node:22-slim AS frontend
+WORKDIR /build
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,6 +24,7 @@ COPY manage.py ./
 COPY wsproject ./wsproject
 COPY echo ./echo
 COPY templates ./templates
+COPY --from=frontend /build/node_modules/uplot/dist ./node_modules/uplot/dist
 # Static files are collected at build time (no database, no migrations: the app has no models).
 RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=build \
     python manage.py collectstatic --noinput -v 0
