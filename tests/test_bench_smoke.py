@@ -2,7 +2,9 @@
 
 Benchmarks are not tests: nothing here asserts a timing or a target. It checks that the suite still
 works end to end (both servers start, the load generator's workers connect and report, the report is
-written), so that ``make bench`` does not rot between runs. About 10 s per server choice.
+written), so that ``make bench`` does not rot between runs. Every scenario runs against the default
+server (``make serve``'s) and the baseline; uvicorn, the other choice, runs echo and fan-out only, to
+keep the whole file near 20 s.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bench import report, suite
 from bench.servers import ServerSpec
@@ -28,14 +28,15 @@ def check_pair(pair: dict[str, Any], fields: set[str]) -> None:
         assert not missing, f"{side} result lacks {missing}: {result}"
 
 
-@pytest.mark.parametrize("server", ["default", "uvicorn"])
-def test_every_scenario_reports_its_fields(server: str, tmp_path: Path) -> None:
-    profile = suite.PROFILES["smoke"]
-    run = suite.run("smoke", ServerSpec(server), loadgen_workers=1, progress=lambda line: None)
-
+def run_smoke(server: str, only: tuple[str, ...]) -> dict[str, Any]:
+    run = suite.run("smoke", ServerSpec(server), loadgen_workers=1, only=only, progress=lambda line: None)
     assert "error" not in run, run.get("error")
-    scenarios = run["scenarios"]
+    return run
 
+
+def check_echo_and_fanout(run: dict[str, Any]) -> None:
+    profile = suite.PROFILES["smoke"]
+    scenarios = run["scenarios"]
     check_pair(scenarios["echo_latency"], {"connections", "round_trips", *LATENCY_FIELDS, *CPU_FIELDS})
     for result in scenarios["echo_latency"].values():
         assert result["round_trips"] == profile.lat_conns * profile.lat_msgs
@@ -59,13 +60,24 @@ def test_every_scenario_reports_its_fields(server: str, tmp_path: Path) -> None:
             assert 0 < result["received"] <= result["expected"]
             assert math.isfinite(result["p99_ms"])
 
+
+def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
+    run = run_smoke("default", suite.SCENARIOS)
+    check_echo_and_fanout(run)
+    scenarios = run["scenarios"]
     check_pair(scenarios["idle"], {"clients", "connected", "still_open", "failures", "kb_per_connection"})
     check_pair(scenarios["burst"], {"clients", "connected", "failed", "failures", "handshake_p99_ms"})
     for result in scenarios["burst"].values():
-        assert result["connected"] + result["failed"] == profile.burst
+        assert result["connected"] + result["failed"] == suite.PROFILES["smoke"].burst
 
     assert {v.word for v in verdicts(run)} <= {"PASS", "FAIL", "n/a"}
     written = report.write(run, tmp_path)
     text = written.read_text()
     assert "## Targets (issue 4)" in text and "## Fan-out" in text and "## Connections" in text
     assert written.with_suffix(".json").exists()
+
+
+def test_uvicorn_can_be_measured() -> None:
+    run = run_smoke("uvicorn", ("echo", "fanout"))
+    assert run["servers"]["project"] == "uvicorn"
+    check_echo_and_fanout(run)
