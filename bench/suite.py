@@ -8,6 +8,7 @@ The sizes come from a ``Profile``: ``quick`` for ``make bench`` (a few minutes),
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -75,6 +76,13 @@ def both(
     return pair
 
 
+def fanout_cell(
+    server: RunningServer, *, load: LoadGenerator, clients: int, rate: float, profile: Profile
+) -> dict[str, Any]:
+    """One cell of the fan-out grid on one server."""
+    return scenarios.fanout(server, load, clients, rate, profile.fan_secs, profile.grace)
+
+
 def run(
     profile_name: str,
     spec: ServerSpec,
@@ -121,8 +129,8 @@ def run(
                         cell = both(
                             project,
                             spec,
-                            lambda s, c=clients, r=rate: scenarios.fanout(
-                                s, load, c, r, profile.fan_secs, profile.grace
+                            functools.partial(
+                                fanout_cell, load=load, clients=clients, rate=rate, profile=profile
                             ),
                         )
                         results["fanout"].append(cell)
