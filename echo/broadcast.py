@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
 from echo.protocol import (
-    BROADCAST_GROUP,
-    encode_data_frame,
-    relay_event,
+    RELAY_EVENT,
+    encode_data_frame_around_seq,
+    topic_group,
     validate_topic,
     validate_values,
 )
@@ -46,16 +46,20 @@ def shared_channel_layer() -> BaseChannelLayer:
 
 
 class Publisher:
-    """Publishes data frames for topics, numbering each topic's frames 1, 2, 3, ...
+    """Publishes data frames for topics through the channel layer.
 
-    ``seq`` rises by one per topic per successful publish from this publisher, so clients can detect a
-    gap. A failed publish (Redis unreachable) raises and does not use up a number: retrying sends the
-    same ``seq``.
+    Each frame's ``seq`` comes from Redis, one counter per topic shared by every publisher, in the
+    same order as live delivery and the topic's history (the layer's "numbered" extension). A failed
+    publish (Redis unreachable) raises; nothing was numbered or sent.
     """
 
     def __init__(self, layer: BaseChannelLayer | None = None) -> None:
         self.layer = layer if layer is not None else shared_channel_layer()
-        self._last_seq: dict[str, int] = {}
+        if "numbered" not in getattr(self.layer, "extensions", ()):
+            raise LayerNotShared(
+                f"{type(self.layer).__name__} cannot number messages or keep history: "
+                "use echo.layer.RedisFanoutChannelLayer"
+            )
 
     async def publish(self, topic: str, values: Mapping[str, Any], ts: float | None = None) -> int:
         """Publish one frame of ``values`` on ``topic``; return its ``seq``.
@@ -65,11 +69,8 @@ class Publisher:
         """
         validate_topic(topic)
         checked = validate_values(values)
-        seq = self._last_seq.get(topic, 0) + 1
-        text = encode_data_frame(topic, seq, time.time() if ts is None else ts, checked)
-        await self.layer.group_send(BROADCAST_GROUP, relay_event(text))
-        self._last_seq[topic] = seq
-        return seq
+        before, after = encode_data_frame_around_seq(topic, time.time() if ts is None else ts, checked)
+        return await self.layer.group_send_numbered(topic_group(topic), RELAY_EVENT, before, after)
 
 
 class _BackgroundLoop:

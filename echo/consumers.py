@@ -1,4 +1,4 @@
-"""The WebSocket consumer: echoes every frame back and relays pushed data frames to its client."""
+"""The WebSocket consumer: echoes every frame back and relays the data of the topics its client follows."""
 
 from __future__ import annotations
 
@@ -7,22 +7,37 @@ from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from redis.exceptions import RedisError
 
-from echo.protocol import BROADCAST_GROUP
+from echo.presence import presence_for
+from echo.protocol import (
+    as_replay,
+    error_frame,
+    group_topic,
+    reset_frame,
+    topic_group,
+)
+from echo.subscription import ClientError, Subscription, parse_subscription
 
 logger = logging.getLogger(__name__)
 
 # RFC 6455 close code for "try again later": the server could not keep up with this client.
 CLOSE_TRY_AGAIN_LATER = 1013
 
+# Replayed history goes out in text frames of at most this many characters, newline-separated.
+BATCH_CHARS = 64 * 1024
+
 
 class EchoConsumer(AsyncWebsocketConsumer):
-    """One WebSocket connection: an echo of what the client sends, plus the broadcast group's data.
+    """One WebSocket connection: an echo of what the client sends, plus live data of chosen topics.
 
-    Clients can only talk to themselves: nothing a client sends reaches the group or anyone else.
+    On connect the client gets recent history (or exactly what it missed, with ``since``), then live
+    frames, with no gap and no duplicate between the two. Nothing a client sends reaches anyone else.
     """
 
-    groups = [BROADCAST_GROUP]
+    subscription: Subscription
+    joined = False
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every ASGI and channel-layer event: route it to its handler.
@@ -36,6 +51,98 @@ class EchoConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
+    # ------------------------------------------------------------ connection lifecycle
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """Called on the handshake: check the URL, join the topics, accept, then replay history.
+
+        Joining first means live frames queue up while history is read; replaying then skips
+        nothing, and live frames already replayed are dropped by ``seq``.
+        """
+        try:
+            self.subscription = parse_subscription(
+                self.scope.get("query_string", b""),
+                default_history=settings.WS_HISTORY_DEFAULT,
+                max_history=self.channel_layer.history_length,
+            )
+        except ClientError as error:
+            await self.accept()
+            await self.refuse(error)
+            return
+        self.last_seq: dict[str, int] = {}
+        self.groups = [topic_group(topic) for topic in self.subscription.topics]
+        for group in self.groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+        presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).join(self.subscription.topics)
+        self.joined = True
+        await self.replay(self.subscription.since, self.subscription.history)
+
+    async def disconnect(self, code: int) -> None:
+        """Called when the socket closes, after the groups were left."""
+        if self.joined:
+            presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).leave(self.subscription.topics)
+
+    async def refuse(self, error: ClientError) -> None:
+        """Tell the client what it got wrong, in an error frame, then close with the error's code."""
+        logger.info("Refused %s: %s: %s", self.scope.get("client"), error.code, error.detail)
+        await self.send(text_data=error_frame(error.code, error.detail))
+        await self.close(code=error.close_code)
+
+    # ------------------------------------------------------------ history
+
+    async def replay(self, since: dict[str, int], history: int) -> None:
+        """Send each topic's missed frames (after ``since``) or its last ``history`` frames.
+
+        If the history no longer reaches back to what the client saw, or Redis's counter is behind it
+        (Redis lost its data), the client gets a ``reset`` for that topic and then recent history.
+        """
+        frames: list[str] = []
+        for topic in self.subscription.topics:
+            seen = since.get(topic)
+            if seen is None and history == 0:
+                continue
+            try:
+                frames.extend(await self._replay_topic(topic, seen, history))
+            except (RedisError, OSError) as exc:
+                logger.warning("History of %r unavailable for %s: %s", topic, self.scope.get("client"), exc)
+                frames.append(reset_frame(topic, f"history unavailable: {type(exc).__name__}"))
+        await self.send_batched(frames)
+
+    async def _replay_topic(self, topic: str, seen: int | None, history: int) -> list[str]:
+        group = topic_group(topic)
+        frames: list[str] = []
+        if seen is not None:
+            counter, entries = await self.channel_layer.group_history(group, after=seen)
+            if seen > counter:
+                reason = f"the server's seq for {topic!r} is {counter}, behind {seen}: its history was lost"
+            elif counter > seen and (not entries or entries[0][0] != seen + 1):
+                reason = f"history no longer reaches back to seq {seen + 1}"
+            else:
+                reason = ""
+            if reason:
+                frames.append(reset_frame(topic, reason))
+                counter, entries = await self.channel_layer.group_history(group, last=history)
+        else:
+            counter, entries = await self.channel_layer.group_history(group, last=history)
+        previous = self.last_seq.get(topic, 0)
+        frames.extend(as_replay(text) for seq, text in entries if seq > previous)
+        self.last_seq[topic] = max(counter, previous)
+        return frames
+
+    async def send_batched(self, frames: list[str]) -> None:
+        """Send frames newline-joined in as few text frames as ``BATCH_CHARS`` allows."""
+        batch: list[str] = []
+        size = 0
+        for frame in frames:
+            if batch and size + len(frame) > BATCH_CHARS:
+                await self.send(text_data="\n".join(batch))
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame) + 1
+        if batch:
+            await self.send(text_data="\n".join(batch))
+
     # ------------------------------------------------------------ client frames
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -47,19 +154,32 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------ channel-layer events
 
-    async def relay_frame(self, event: dict[str, str]) -> None:
-        """Called for each pushed message: forward its pre-encoded JSON text unchanged."""
+    async def relay_frame(self, event: dict[str, Any]) -> None:
+        """Called for each pushed message: forward its pre-encoded JSON text unchanged.
+
+        A numbered message already sent (replayed from history) is dropped.
+        """
+        seq = event.get("seq")
+        if seq is not None:
+            topic = group_topic(event["group"])
+            if seq <= self.last_seq.get(topic, 0):
+                return
+            self.last_seq[topic] = seq
         await self.send(text_data=event["text"])
+
+    async def layer_resync(self, event: dict[str, Any]) -> None:
+        """Called after the server reconnected to Redis: send what was published while it was away."""
+        await self.replay(dict(self.last_seq), history=0)
 
     async def layer_overflow(self, event: dict[str, Any]) -> None:
         """Called when this client fell so far behind that the layer dropped its queue: close it.
 
-        The client learns from the close code (1013, try again later) that it missed data and can
-        reconnect, rather than silently showing a stream with holes in it.
+        The client learns from the close code (1013, try again later) that it missed data, and gets
+        exactly that data back when it reconnects with ``since``.
         """
         logger.warning(
             "Closing %s: %d pushed messages dropped because it could not keep up",
             self.scope.get("client"),
             event["dropped"],
         )
-        await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="too slow: messages dropped")
+        await self.close(code=CLOSE_TRY_AGAIN_LATER)

@@ -31,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import types
 import uuid
 import weakref
@@ -43,12 +44,31 @@ from channels.layers import BaseChannelLayer
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
-from echo.protocol import OVERFLOW_EVENT
+from echo.protocol import OVERFLOW_EVENT, RESYNC_EVENT
 
 logger = logging.getLogger(__name__)
 
 # How long group_add waits for Redis to confirm a new subscription before letting the consumer go on.
 SUBSCRIBE_CONFIRM_TIMEOUT = 2.0
+
+# KEYS: counter, history stream, index of numbered groups.
+# ARGV: pub/sub channel, event type, text before seq, text after seq, history length, ttl, group, now.
+# The stream entry's ID is the message's number, so history can be read "after N" directly. If the
+# counter was lost while the stream survived (someone deleted a key), the stale stream is dropped.
+NUMBERED_SEND_SCRIPT = """
+local seq = redis.call('INCR', KEYS[1])
+local text = ARGV[3] .. seq .. ARGV[4]
+local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 't', text)
+if type(ok) == 'table' and ok.err then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 't', text)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
+redis.call('PUBLISH', ARGV[1], cmsgpack.pack({type = ARGV[2], text = text, seq = seq, group = ARGV[7]}))
+return seq
+"""
 
 # Reconnection backoff, in seconds: doubling from the first to the cap.
 RECONNECT_BACKOFF_FIRST = 0.2
@@ -109,6 +129,8 @@ class _LoopState:
         # A blocking pool makes a burst of publishers wait for a connection instead of failing.
         pool = aioredis.BlockingConnectionPool.from_url(layer.url, **layer.connection_kwargs)
         self.redis = aioredis.Redis(connection_pool=pool)
+        # Loaded on first use and again after a Redis restart (redis-py handles NOSCRIPT).
+        self.numbered_send = self.redis.register_script(NUMBERED_SEND_SCRIPT)
         self.pubsub: aioredis.client.PubSub | None = None
         self.reader: asyncio.Task[None] | None = None
         self.confirmations: dict[str, asyncio.Future[None]] = {}
@@ -120,7 +142,7 @@ class _LoopState:
 class RedisFanoutChannelLayer(BaseChannelLayer):
     """Channel layer over Redis pub/sub: one PUBLISH per group message, one delivery per process."""
 
-    extensions = ["groups", "flush"]
+    extensions = ["groups", "flush", "numbered"]
 
     def __init__(
         self,
@@ -134,6 +156,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         socket_connect_timeout: float = 5.0,
         health_check_interval: float = 15.0,
         max_connections: int = 64,
+        history_length: int = 5000,
+        history_ttl: int = 86400,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
@@ -151,6 +175,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             "max_connections": max_connections,
             "timeout": socket_connect_timeout,
         }
+        self.history_length = history_length
+        self.history_ttl = history_ttl
         self.stats = LayerStats()
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
             weakref.WeakKeyDictionary()
@@ -231,7 +257,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         state = self._state()
         local = state.channels.get(channel)
         if local is None:
-            raise ValueError(f"channel {channel!r} does not exist in this process")
+            # Channels may call receive() again on a consumer's channel while tearing it down.
+            local = state.channels[channel] = _Channel(self.get_capacity(channel))
         try:
             while not local.events:
                 local.waiter = asyncio.get_running_loop().create_future()
@@ -268,8 +295,13 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         members = state.groups.setdefault(group, set())
         members.add(channel)
         local.groups.add(group)
+        redis_channel = self.group_channel(group)
         if len(members) == 1:
-            await self._subscribe(state, self.group_channel(group))
+            await self._subscribe(state, redis_channel)
+        elif (pending := state.confirmations.get(redis_channel)) is not None:
+            # Another member's subscription is on its way: this member is only "in" once it is done.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pending), SUBSCRIBE_CONFIRM_TIMEOUT)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove a channel from a group; the process unsubscribes when the last member leaves."""
@@ -298,6 +330,88 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         state = self._states.pop(loop, None)
         if state is not None:
             await self._shutdown(state)
+
+    # ---------------------------------------------------------------- numbered extension
+    #
+    # Plain group_send cannot give every message of a group one number, shared by all publishers,
+    # in the same order as live delivery and history: two publishers could number 5 and 6 and
+    # publish 6 first. One Lua script does all three atomically, so history and live traffic agree.
+
+    async def group_send_numbered(
+        self, group: str, event_type: str, text_before_seq: str, text_after_seq: str
+    ) -> int:
+        """Number a text message for ``group``, keep it in the group's history, publish it; return its number.
+
+        The number (``seq``) rises by one per group across all publishers. Members receive
+        ``{"type": event_type, "text": text_before_seq + str(seq) + text_after_seq, "seq": seq,
+        "group": group}``. The history keeps the last ``history_length`` texts.
+        """
+        self.require_valid_group_name(group)
+        seq = await self._state().numbered_send(
+            keys=[self._seq_key(group), self._history_key(group), self._numbered_index_key()],
+            args=[
+                self.group_channel(group),
+                event_type,
+                text_before_seq,
+                text_after_seq,
+                self.history_length,
+                self.history_ttl,
+                group,
+                time.time(),
+            ],
+        )
+        self.stats.published += 1
+        return int(seq)
+
+    async def group_history(
+        self, group: str, *, after: int | None = None, last: int | None = None
+    ) -> tuple[int, list[tuple[int, str]]]:
+        """Return the group's current number and the texts of its history, oldest first.
+
+        ``after=N`` gives every kept message numbered above N; ``last=N`` the newest N. Both are read
+        in one transaction, so the number and the history agree.
+        """
+        key = self._history_key(group)
+        async with self._state().redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._seq_key(group))
+            if after is not None:
+                pipe.xrange(key, min=f"{after + 1}-0", max="+")
+            else:
+                pipe.xrevrange(key, max="+", min="-", count=last or 0)
+            counter, entries = await pipe.execute()
+        if after is None:
+            entries.reverse()
+        texts = [(int(entry_id.split(b"-")[0]), fields[b"t"].decode()) for entry_id, fields in entries]
+        return int(counter or 0), texts
+
+    async def numbered_groups(self) -> list[tuple[str, int]]:
+        """Groups that received a numbered message within ``history_ttl``, with their current numbers."""
+        redis = self._state().redis
+        index = self._numbered_index_key()
+        await redis.zremrangebyscore(index, "-inf", time.time() - self.history_ttl)
+        groups = [name.decode() for name in await redis.zrange(index, 0, -1)]
+        counters = await redis.mget([self._seq_key(group) for group in groups]) if groups else []
+        return [(group, int(counter)) for group, counter in zip(groups, counters, strict=True) if counter]
+
+    def group_send_local(self, group: str, message: dict[str, Any]) -> None:
+        """Deliver a message to this process's members of ``group`` only, without Redis."""
+        state = self._state()
+        members = state.groups.get(group)
+        if members:
+            self._deliver(state, members, message)
+
+    def redis(self) -> aioredis.Redis:
+        """This event loop's Redis client, for features that keep shared state next to the layer."""
+        return self._state().redis
+
+    def _seq_key(self, group: str) -> str:
+        return f"{self.prefix}:seq:{group}"
+
+    def _history_key(self, group: str) -> str:
+        return f"{self.prefix}:history:{group}"
+
+    def _numbered_index_key(self) -> str:
+        return f"{self.prefix}:numbered"
 
     # ---------------------------------------------------------------- health
 
@@ -376,6 +490,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
                 await pubsub.subscribe(*state.wanted)
                 state.pubsub = pubsub
                 while True:
+                    raise_if_cancelling()
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._on_redis_message(state, message)
@@ -385,6 +500,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
                                 logger.warning(
                                     "Redis at %s is back; subscriptions restored", redact_url(self.url)
                                 )
+                                # What was published meanwhile was missed: let consumers catch up.
+                                self._deliver(state, list(state.channels), {"type": RESYNC_EVENT})
                             state.failing = False
                             backoff = RECONNECT_BACKOFF_FIRST
             except (RedisError, OSError) as exc:
@@ -452,6 +569,17 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             with contextlib.suppress(asyncio.CancelledError):
                 await state.reader
         await _close_quietly(state.redis)
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError if this task was asked to stop.
+
+    redis-py can swallow a cancellation that lands inside a command; a loop that keeps going after
+    that would never stop (and hang the event loop's shutdown), so long-running loops check here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _close_quietly(closable: Any) -> None:

@@ -13,14 +13,20 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-# Every client receives every topic through this one group until clients can choose topics.
-BROADCAST_GROUP = "echo.broadcast"
+# The topic a client gets when it names none: the one `push_data` publishes to by default.
+DEFAULT_TOPIC = "prices"
+MAX_TOPICS_PER_CONNECTION = 16
 
 # Channel-layer event carrying one pre-encoded text frame; handled by ``EchoConsumer.relay_frame``.
 RELAY_EVENT = "relay.frame"
 
 # Channel-layer event the layer puts in a consumer's queue when that consumer fell too far behind.
 OVERFLOW_EVENT = "layer.overflow"
+
+# Channel-layer event the layer sends every local consumer after it reconnected to Redis.
+RESYNC_EVENT = "layer.resync"
+
+GROUP_PREFIX = "topic."
 
 TOPIC_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
 
@@ -64,13 +70,53 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, float | int]:
     return checked
 
 
-def encode_data_frame(topic: str, seq: int, ts: float, values: Mapping[str, float | int]) -> str:
-    """Encode one data frame as compact JSON text, the form every client receives.
+def topic_group(topic: str) -> str:
+    """The channel-layer group of a (validated) topic."""
+    return GROUP_PREFIX + topic
+
+
+def group_topic(group: str) -> str:
+    """The topic of a channel-layer group made by ``topic_group``."""
+    return group.removeprefix(GROUP_PREFIX)
+
+
+def encode(frame: Mapping[str, Any]) -> str:
+    """Encode any server frame as compact JSON text."""
+    return json.dumps(frame, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def encode_data_frame_around_seq(topic: str, ts: float, values: Mapping[str, float | int]) -> tuple[str, str]:
+    """Encode a data frame as the JSON text before and after its ``seq``, which Redis fills in.
 
     The caller validates ``topic`` and ``values`` first (``validate_topic``, ``validate_values``).
     """
-    frame = {"type": "data", "topic": topic, "seq": seq, "ts": ts, "values": values}
-    return json.dumps(frame, separators=(",", ":"), allow_nan=False)
+    before = encode({"type": "data", "topic": topic, "seq": 0})[: -len("0}")]
+    after = "," + encode({"ts": ts, "values": values})[1:]
+    return before, after
+
+
+def encode_data_frame(topic: str, seq: int, ts: float, values: Mapping[str, float | int]) -> str:
+    """Encode one data frame as compact JSON text, the form every client receives."""
+    before, after = encode_data_frame_around_seq(topic, ts, values)
+    return f"{before}{seq}{after}"
+
+
+def as_replay(text: str) -> str:
+    """Mark an encoded data frame as replayed from history: ``"replay": true`` added at its end."""
+    return text[:-1] + ',"replay":true}'
+
+
+def reset_frame(topic: str, reason: str) -> str:
+    """Tell a client its view of ``topic`` cannot be continued: clear it; history follows."""
+    return encode({"type": "reset", "topic": topic, "reason": reason})
+
+
+def presence_frame(topic: str, count: int) -> str:
+    return encode({"type": "presence", "topic": topic, "count": count})
+
+
+def error_frame(code: str, detail: str) -> str:
+    return encode({"type": "error", "code": code, "detail": detail})
 
 
 def relay_event(text: str) -> dict[str, str]:

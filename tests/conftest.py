@@ -85,6 +85,12 @@ def server(server_env: dict[str, str]) -> Iterator[Server]:
 
 
 @pytest.fixture
+def topic() -> str:
+    """A topic of this test's own, so that history from other tests never shows up."""
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
 async def layer() -> AsyncIterator[object]:
     """The configured (Redis) channel layer, flushed after the test."""
     from channels.layers import get_channel_layer

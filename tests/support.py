@@ -6,6 +6,7 @@ Every wait is on an event (a line of output, a frame, a process exit) with a tim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -144,6 +145,22 @@ def start_server(command: Sequence[str], env: dict[str, str], ready: str = LISTE
 
 def python_command(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+SERVER_FRAME_TYPES = ("data", "presence", "reset", "error")
+
+
+def is_server_frame(message: str | bytes) -> bool:
+    """True for a frame the server sends on its own (data, presence...), not an echo."""
+    return isinstance(message, str) and any(message.startswith(f'{{"type":"{t}"') for t in SERVER_FRAME_TYPES)
+
+
+async def next_echo(ws: Any, seconds: float = 5.0) -> str | bytes:
+    """The next frame from a `websockets` connection that is an echo, skipping server frames."""
+    while True:
+        message = await asyncio.wait_for(ws.recv(), timeout(seconds))
+        if not is_server_frame(message):
+            return message
 
 
 def data_frames(text: str) -> list[dict[str, Any]]:

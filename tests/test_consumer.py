@@ -11,15 +11,41 @@ from channels.testing import WebsocketCommunicator
 
 from echo import broadcast
 from echo.broadcast import Publisher
-from echo.protocol import BROADCAST_GROUP
+from echo.protocol import DEFAULT_TOPIC, topic_group
 from wsproject.asgi import application
 
 ORIGIN = (b"origin", b"http://localhost:8000")
 
 
+async def next_output(communicator: WebsocketCommunicator, seconds: float = 2) -> dict:
+    """The next thing the consumer sends, skipping presence frames, which come on their own schedule."""
+    while True:
+        output = await communicator.receive_output(timeout=seconds)
+        if not output.get("text", "").startswith('{"type":"presence"'):
+            return output
+
+
+async def next_text(communicator: WebsocketCommunicator, seconds: float = 2) -> str:
+    output = await next_output(communicator, seconds)
+    assert output["type"] == "websocket.send", output
+    return output["text"]
+
+
+async def nothing_but_presence(communicator: WebsocketCommunicator, seconds: float = 0.5) -> bool:
+    """True if the consumer sends nothing but presence frames within ``seconds``.
+
+    (receive_output would cancel the application when it times out; receive_nothing does not.)
+    """
+    while not await communicator.receive_nothing(timeout=seconds):
+        output = await communicator.receive_output()
+        if not output.get("text", "").startswith('{"type":"presence"'):
+            return False
+    return True
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = WebsocketCommunicator(application, "/ws/echo/", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, "/ws/echo/?history=0", headers=[ORIGIN])
     connected, _ = await communicator.connect()
     assert connected
     yield communicator
@@ -30,44 +56,45 @@ async def client() -> AsyncIterator[WebsocketCommunicator]:
 async def test_text_frames_are_echoed_verbatim(client: WebsocketCommunicator, text: str) -> None:
     # send_input, because WebsocketCommunicator.send_to refuses empty frames.
     await client.send_input({"type": "websocket.receive", "text": text})
-    assert await client.receive_output(timeout=2) == {"type": "websocket.send", "text": text}
+    assert await next_output(client) == {"type": "websocket.send", "text": text}
 
 
 @pytest.mark.parametrize("data", [b"\x00\x01\xfe\xff", b"", "text as bytes ✓".encode(), bytes(range(256))])
 async def test_binary_frames_are_echoed_as_binary(client: WebsocketCommunicator, data: bytes) -> None:
     await client.send_input({"type": "websocket.receive", "bytes": data})
-    assert await client.receive_output(timeout=2) == {"type": "websocket.send", "bytes": data}
+    assert await next_output(client) == {"type": "websocket.send", "bytes": data}
 
 
 async def test_the_root_path_serves_the_same_echo_for_the_original_page() -> None:
-    communicator = WebsocketCommunicator(application, "/", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, "/?history=0", headers=[ORIGIN])
     connected, _ = await communicator.connect()
     assert connected
     await communicator.send_to(text_data="*")
-    assert await communicator.receive_from(timeout=2) == "*"
+    assert await next_text(communicator) == "*"
     await communicator.disconnect()
 
 
-async def test_joins_the_broadcast_group_on_connect_and_leaves_on_disconnect(layer) -> None:
-    assert layer.local_member_count(BROADCAST_GROUP) == 0
-    communicator = WebsocketCommunicator(application, "/ws/echo/", headers=[ORIGIN])
+async def test_joins_the_default_topic_on_connect_and_leaves_on_disconnect(layer) -> None:
+    group = topic_group(DEFAULT_TOPIC)
+    assert layer.local_member_count(group) == 0
+    communicator = WebsocketCommunicator(application, "/ws/echo/?history=0", headers=[ORIGIN])
     await communicator.connect()
-    assert layer.local_member_count(BROADCAST_GROUP) == 1
+    assert layer.local_member_count(group) == 1
     await communicator.disconnect()
-    assert layer.local_member_count(BROADCAST_GROUP) == 0
+    assert layer.local_member_count(group) == 0
 
 
-async def test_a_pushed_message_reaches_every_socket_through_redis(layer) -> None:
-    first = WebsocketCommunicator(application, "/ws/echo/", headers=[ORIGIN])
-    second = WebsocketCommunicator(application, "/", headers=[ORIGIN])
+async def test_a_pushed_message_reaches_every_socket_through_redis(layer, topic) -> None:
+    first = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}", headers=[ORIGIN])
+    second = WebsocketCommunicator(application, f"/?topics={topic}", headers=[ORIGIN])
     await first.connect()
     await second.connect()
-    seq = await Publisher().publish("prices", {"price": 101.25, "volume": 3})
-    texts = [await first.receive_from(timeout=2), await second.receive_from(timeout=2)]
+    seq = await Publisher().publish(topic, {"price": 101.25, "volume": 3})
+    texts = [await next_text(first), await next_text(second)]
     assert texts[0] == texts[1]  # the very same text, relayed unchanged
     frame = json.loads(texts[0])
     assert frame["type"] == "data"
-    assert frame["topic"] == "prices"
+    assert frame["topic"] == topic
     assert frame["seq"] == seq == 1
     assert isinstance(frame["ts"], float)
     assert frame["values"] == {"price": 101.25, "volume": 3}
@@ -76,12 +103,12 @@ async def test_a_pushed_message_reaches_every_socket_through_redis(layer) -> Non
     await second.disconnect()
 
 
-async def test_publish_from_sync_code_reaches_the_socket() -> None:
-    communicator = WebsocketCommunicator(application, "/ws/echo/", headers=[ORIGIN])
+async def test_publish_from_sync_code_reaches_the_socket(topic) -> None:
+    communicator = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}", headers=[ORIGIN])
     await communicator.connect()
     # Sync callers (views, scripts) run in threads without a loop; publish() must not need one.
-    seqs = await asyncio.to_thread(lambda: [broadcast.publish("sync-test", {"v": i}) for i in range(3)])
-    frames = [json.loads(await communicator.receive_from(timeout=2)) for _ in range(3)]
+    seqs = await asyncio.to_thread(lambda: [broadcast.publish(topic, {"v": i}) for i in range(3)])
+    frames = [json.loads(await next_text(communicator)) for _ in range(3)]
     assert [f["values"]["v"] for f in frames] == [0, 1, 2]
     assert [f["seq"] for f in frames] == seqs
     assert seqs[1] == seqs[0] + 1 and seqs[2] == seqs[1] + 1
@@ -94,16 +121,16 @@ async def test_publish_from_async_code_is_refused_by_the_sync_function() -> None
 
 
 async def test_a_client_cannot_publish_to_others() -> None:
-    sender = WebsocketCommunicator(application, "/ws/echo/", headers=[ORIGIN])
-    bystander = WebsocketCommunicator(application, "/ws/echo/", headers=[ORIGIN])
+    sender = WebsocketCommunicator(application, "/ws/echo/?history=0", headers=[ORIGIN])
+    bystander = WebsocketCommunicator(application, "/ws/echo/?history=0", headers=[ORIGIN])
     await sender.connect()
     await bystander.connect()
     forged = json.dumps({"type": "relay.frame", "text": "forged"})
     forged_data = json.dumps({"type": "data", "topic": "prices", "seq": 1, "ts": 0, "values": {"p": 1}})
     for text in (forged, forged_data):
         await sender.send_to(text_data=text)
-        assert await sender.receive_from(timeout=2) == text  # only echoed to its sender
-    assert await bystander.receive_nothing(timeout=0.5)
+        assert await next_text(sender) == text  # only echoed to its sender
+    assert await nothing_but_presence(bystander)
     await sender.disconnect()
     await bystander.disconnect()
 
@@ -119,9 +146,9 @@ async def test_a_foreign_origin_is_refused(origin: bytes) -> None:
 
 
 async def test_a_handshake_without_origin_is_not_a_browser_and_is_served() -> None:
-    communicator = WebsocketCommunicator(application, "/ws/echo/")
+    communicator = WebsocketCommunicator(application, "/ws/echo/?history=0")
     connected, _ = await communicator.connect()
     assert connected
     await communicator.send_to(text_data="cli")
-    assert await communicator.receive_from(timeout=2) == "cli"
+    assert await next_text(communicator) == "cli"
     await communicator.disconnect()

@@ -14,18 +14,19 @@ from channels.layers import get_channel_layer
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from echo.protocol import BROADCAST_GROUP
+from echo.protocol import topic_group
 from tests.support import ROOT, OutputWatcher, spawn, stop, timeout
 
 MANAGE = [sys.executable, "manage.py", "push_data"]
 
 
 @pytest.fixture
-async def listener():
-    """A channel in the broadcast group, as a consumer in a server process would have."""
+async def listener(topic):
+    """Subscribes to topics as a consumer in a server process would; returns a frame collector."""
     layer = get_channel_layer()
     channel = await layer.new_channel()
-    await layer.group_add(BROADCAST_GROUP, channel)
+    for name in (topic, "prices", "sine", "system", "stdin"):
+        await layer.group_add(topic_group(name), channel)
 
     async def frames(count: int, seconds: float = 10.0) -> list[dict]:
         got = []
@@ -77,25 +78,29 @@ async def test_each_source_publishes_well_formed_frames_and_count_stops_it(liste
     assert result.returncode == 0, result.stderr
     frames = await listener(5)
     assert_well_formed(frames, topic, series)
-    assert frames[0]["seq"] == 1
-    assert "Stopped after 5 messages (last seq 5)" in result.stderr
+    last = frames[-1]["seq"]
+    assert f"Stopped after 5 messages (last seq {last})" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-async def test_topic_option_names_the_stream(listener):
-    result = await asyncio.to_thread(run_push_data, "--topic", "my-feed_1", "--count", "2", "--rate", "100")
+async def test_topic_option_names_the_stream(listener, topic):
+    result = await asyncio.to_thread(run_push_data, "--topic", topic, "--count", "2", "--rate", "100")
     assert result.returncode == 0, result.stderr
-    assert {f["topic"] for f in await listener(2)} == {"my-feed_1"}
+    frames = await listener(2)
+    assert {f["topic"] for f in frames} == {topic}
+    assert [f["seq"] for f in frames] == [1, 2]  # a new topic's numbers start at 1
 
 
-async def test_stdin_lines_are_pushed_and_bad_lines_reported_and_skipped(listener):
+async def test_stdin_lines_are_pushed_and_bad_lines_reported_and_skipped(listener, topic):
     lines = ['{"cpu": 1.5, "mem": 20}', "not json", "7", '{"x": "text"}', "", '{"bad name!": 1}', "8.25"]
-    result = await asyncio.to_thread(run_push_data, "--source", "stdin", stdin="\n".join(lines) + "\n")
+    result = await asyncio.to_thread(
+        run_push_data, "--source", "stdin", "--topic", topic, stdin="\n".join(lines) + "\n"
+    )
     assert result.returncode == 0, result.stderr
     frames = await listener(3)
     assert [f["values"] for f in frames] == [{"cpu": 1.5, "mem": 20}, {"value": 7}, {"value": 8.25}]
     assert [f["seq"] for f in frames] == [1, 2, 3]
-    assert {f["topic"] for f in frames} == {"stdin"}
+    assert {f["topic"] for f in frames} == {topic}
     assert "stdin line 2 skipped: not a number or a JSON object: not json" in result.stderr
     assert "stdin line 4 skipped: series 'x' is not a finite number" in result.stderr
     assert "stdin line 5 skipped: empty line" in result.stderr

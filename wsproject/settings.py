@@ -106,9 +106,16 @@ CHANNEL_LAYERS = {
             "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "wsdemo"),
             # Events a consumer may fall behind before it is told it lost data and is closed.
             "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
+            # Messages kept per topic for replay and recovery (a stream in Redis, trimmed to this).
+            "history_length": env_int("HISTORY_LENGTH", 5000),
         },
     }
 }
+
+# Frames replayed per topic on connect when the client does not say (?history=N): a 60 s chart at 10 Hz.
+WS_HISTORY_DEFAULT = env_int("WS_HISTORY_DEFAULT", 600)
+# Seconds after which a server process that stopped refreshing its presence counts is ignored.
+WS_PRESENCE_TTL = env_int("WS_PRESENCE_TTL", 15)
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))

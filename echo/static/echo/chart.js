@@ -162,27 +162,44 @@ export class LiveChart {
     this.draws += 1;
   }
 
+  /** Each topic gets its own y scale, so a price near 100 and a wave near 0 both fill the height;
+   * the first topic's axis is on the left, the second's on the right, any others have none. */
   options() {
-    const style = getComputedStyle(this.element);
-    const ink = style.color;
+    const ink = getComputedStyle(this.element).color;
     const grid = "rgba(128, 128, 128, 0.25)";
     const axis = { stroke: ink, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } };
+    const keys = [...this.columns.keys()];
+    const topicOfKey = (key) => key.slice(0, key.indexOf("/"));
+    const topics = [...new Set(keys.map(topicOfKey))];
+    const yAxes = topics.length
+      ? topics.slice(0, 2).map((topic, i) => ({
+          ...axis,
+          scale: topic,
+          label: topic,
+          labelSize: 18,
+          size: 60,
+          side: i === 0 ? 3 : 1,
+          grid: i === 0 ? axis.grid : { show: false },
+        }))
+      : [{ ...axis, size: 60 }];
     return {
       ...this.size(),
       legend: { show: false }, // the page's own legend shows each series' latest value
       cursor: { drag: { x: false, y: false } },
       scales: {
         x: { time: true, range: () => [this.right() - this.windowSeconds, this.right()] },
+        ...Object.fromEntries(topics.map((topic) => [topic, { auto: true }])),
       },
       axes: [
         // Local wall-clock time, one line per label, so labels never overlap on a narrow screen.
         { ...axis, space: 70, values: (u, splits) => splits.map(clockTime) },
-        { ...axis, size: 60 },
+        ...yAxes,
       ],
       series: [
         {},
-        ...[...this.columns.keys()].map((key) => ({
+        ...keys.map((key) => ({
           label: key,
+          scale: topicOfKey(key),
           stroke: this.colours.get(key),
           width: 1.5,
           spanGaps: true,

@@ -1,0 +1,137 @@
+"""Presence: how many connections watch each topic, across every server process, kept in Redis.
+
+Each process keeps its own count per topic in a Redis hash (``<prefix>:presence:<topic>``, one field
+per process) with an expiry time in the value, refreshed every ``ttl / 3`` seconds. Totals ignore and
+remove expired fields, so a process that dies without cleaning up stops counting within ``ttl``: no
+ghost viewers. Each process reads the totals of the topics its clients watch every ``interval`` and
+tells those clients when a total changed: at most ``1 / interval`` frames per topic per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+import weakref
+from collections import Counter
+
+from redis.exceptions import RedisError
+
+from echo.layer import RedisFanoutChannelLayer, raise_if_cancelling
+from echo.protocol import presence_frame, relay_event, topic_group
+
+logger = logging.getLogger(__name__)
+
+
+class Presence:
+    """One process's view of presence: its local counts, published to Redis, and the shared totals."""
+
+    def __init__(self, layer: RedisFanoutChannelLayer, ttl: float, interval: float = 0.5) -> None:
+        self.layer = layer
+        self.ttl = ttl
+        self.interval = interval
+        self.token = uuid.uuid4().hex[:16]
+        self.local: Counter[str] = Counter()
+        self._dirty: set[str] = set()
+        self._last_total: dict[str, int] = {}
+        self._last_refresh = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def join(self, topics: tuple[str, ...]) -> None:
+        """Called when a connection starts watching ``topics``."""
+        self.local.update(topics)
+        self._changed(topics)
+
+    def leave(self, topics: tuple[str, ...]) -> None:
+        """Called when a connection that watched ``topics`` closes."""
+        self.local.subtract(topics)
+        self._changed(topics)
+
+    def _changed(self, topics: tuple[str, ...]) -> None:
+        self._dirty.update(topics)
+        for topic in topics:
+            self._last_total.pop(topic, None)  # tell local clients on the next tick, changed or not
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="presence")
+
+    def _key(self, topic: str) -> str:
+        return f"{self.layer.prefix}:presence:{topic}"
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._tick()
+                if self._failing:
+                    logger.warning("Presence counts are back in Redis")
+                self._failing = False
+            except (RedisError, OSError) as exc:
+                if not self._failing:
+                    logger.warning("Presence counts cannot reach Redis (%s); retrying", exc)
+                self._failing = True
+            raise_if_cancelling()
+            await asyncio.sleep(self.interval)
+
+    async def _tick(self) -> None:
+        now = time.time()
+        redis = self.layer.redis()
+        refresh = now - self._last_refresh >= self.ttl / 3
+        writes = set(self.local) if refresh else set(self._dirty)
+        watched = [topic for topic, count in self.local.items() if count > 0]
+        async with redis.pipeline(transaction=False) as pipe:
+            for topic in writes:
+                count = self.local[topic]
+                if count > 0:
+                    pipe.hset(self._key(topic), self.token, f"{count}:{now + self.ttl}")
+                    pipe.expire(self._key(topic), int(self.ttl * 2) + 1)
+                else:
+                    pipe.hdel(self._key(topic), self.token)
+            for topic in watched:
+                pipe.hgetall(self._key(topic))
+            results = await pipe.execute()
+        self._dirty.difference_update(writes)
+        if refresh:
+            self._last_refresh = now
+        for topic in [t for t, count in self.local.items() if count <= 0]:
+            del self.local[topic]
+        for topic, fields in zip(watched, results[-len(watched) :] if watched else [], strict=True):
+            total = await self._total(topic, fields, now)
+            if self._last_total.get(topic) != total:
+                self._last_total[topic] = total
+                self.layer.group_send_local(topic_group(topic), relay_event(presence_frame(topic, total)))
+
+    async def _total(self, topic: str, fields: dict[bytes, bytes], now: float) -> int:
+        total, expired = 0, []
+        for process, value in fields.items():
+            count, _, expires = value.decode().partition(":")
+            if float(expires) < now:
+                expired.append(process)
+            else:
+                total += int(count)
+        if expired:
+            await self.layer.redis().hdel(self._key(topic), *expired)
+        return total
+
+    async def close(self) -> None:
+        """Stop updating and remove this process's counts (on a clean shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError, OSError):
+            for topic in list(self.local):
+                await self.layer.redis().hdel(self._key(topic), self.token)
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Presence] = weakref.WeakKeyDictionary()
+
+
+def presence_for(layer: RedisFanoutChannelLayer, ttl: float) -> Presence:
+    """The running event loop's Presence (one per server process in practice)."""
+    loop = asyncio.get_running_loop()
+    presence = _by_loop.get(loop)
+    if presence is None:
+        presence = _by_loop[loop] = Presence(layer, ttl)
+    return presence

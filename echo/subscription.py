@@ -1,0 +1,94 @@
+"""What a client asks for in its WebSocket URL: ``?topics=a,b&history=N&since=a:41,b:7``.
+
+Everything here comes from an untrusted client, so every value is checked against a strict pattern
+before it names a group or reaches Redis; a bad value raises ``ClientError`` with a code the client can
+act on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from echo.protocol import DEFAULT_TOPIC, MAX_TOPICS_PER_CONNECTION, TOPIC_PATTERN
+
+MAX_QUERY_BYTES = 4096
+MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
+
+# RFC 6455 close code for a message that violates the server's policy.
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class ClientError(Exception):
+    """A client's mistake: sent back as an error frame, then the socket closes with ``close_code``."""
+
+    def __init__(self, code: str, detail: str, close_code: int = CLOSE_POLICY_VIOLATION) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.close_code = close_code
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The topics a client follows, how much history it wants, and what it has already seen."""
+
+    topics: tuple[str, ...] = (DEFAULT_TOPIC,)
+    history: int = 0
+    since: dict[str, int] = field(default_factory=dict)
+
+
+def parse_subscription(query_string: bytes, *, default_history: int, max_history: int) -> Subscription:
+    """Parse and check a WebSocket URL's query string; raise ``ClientError`` for anything wrong."""
+    if len(query_string) > MAX_QUERY_BYTES:
+        raise ClientError("bad_query", f"query string longer than {MAX_QUERY_BYTES} bytes")
+    try:
+        params = parse_qs(query_string.decode("ascii"), keep_blank_values=True, max_num_fields=16)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ClientError("bad_query", f"unreadable query string: {exc}") from None
+    for name in ("topics", "history", "since"):
+        if len(params.get(name, ())) > 1:
+            raise ClientError("bad_query", f"'{name}' given more than once")
+    topics = _topics(params["topics"][0]) if "topics" in params else (DEFAULT_TOPIC,)
+    history = _history(params["history"][0], max_history) if "history" in params else default_history
+    since = _since(params["since"][0], topics) if "since" in params else {}
+    return Subscription(topics=topics, history=history, since=since)
+
+
+def _topics(raw: str) -> tuple[str, ...]:
+    names = raw.split(",")
+    for name in names:
+        if not TOPIC_PATTERN.match(name):
+            raise ClientError(
+                "bad_topics",
+                f"invalid topic {name[:60]!r}: 1-48 of a-z 0-9 _ -, starting with a letter or digit",
+            )
+    unique = tuple(dict.fromkeys(names))
+    if len(unique) > MAX_TOPICS_PER_CONNECTION:
+        raise ClientError(
+            "too_many_topics", f"{len(unique)} topics; at most {MAX_TOPICS_PER_CONNECTION} per connection"
+        )
+    return unique
+
+
+def _history(raw: str, max_history: int) -> int:
+    if not raw.isdigit() or len(raw) > 9:
+        raise ClientError("bad_history", f"history must be a whole number from 0 to {max_history}")
+    value = int(raw)
+    if value > max_history:
+        raise ClientError("bad_history", f"history {value} is more than the {max_history} kept")
+    return value
+
+
+def _since(raw: str, topics: tuple[str, ...]) -> dict[str, int]:
+    since: dict[str, int] = {}
+    for item in raw.split(","):
+        topic, sep, seq = item.partition(":")
+        if not sep or not TOPIC_PATTERN.match(topic) or not seq.isdigit() or len(seq) > 16:
+            raise ClientError("bad_since", f"since takes topic:seq pairs, got {item[:60]!r}")
+        if topic not in topics:
+            raise ClientError("bad_since", f"since names {topic!r}, which is not among the topics")
+        if int(seq) > MAX_SEQ:
+            raise ClientError("bad_since", f"seq {seq} is out of range")
+        since[topic] = int(seq)
+    return since
