@@ -61,6 +61,14 @@ def require_chromium() -> str:
     pytest.skip(reason)
 
 
+def require_frontend() -> None:
+    """Fail with the fix if the page's npm packages are missing (pytest run without `make test`)."""
+    if not (ROOT / "node_modules" / "uplot" / "dist" / "uPlot.esm.js").exists():
+        pytest.fail(
+            "node_modules/uplot is missing: run `make test` (it runs npm ci), or npm ci", pytrace=False
+        )
+
+
 def ms(seconds: float) -> float:
     """A Playwright timeout (milliseconds) for ``seconds``, scaled by TEST_TIMEOUT_FACTOR."""
     return timeout(seconds) * 1000

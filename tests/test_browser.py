@@ -27,6 +27,7 @@ from tests.browser import (
     ms,
     push_data,
     require_chromium,
+    require_frontend,
     restartable_server,
 )
 from tests.support import Server
@@ -45,6 +46,7 @@ POINTS_SINCE_AT_LEAST = (
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     executable = require_chromium()
+    require_frontend()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

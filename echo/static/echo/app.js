@@ -73,7 +73,8 @@ const connection = new LiveConnection({
     data: (frame) => {
       chart.add(frame);
       legendDirty = true;
-      log(`${frame.replay ? "replayed" : "data"} ${frame.topic} #${frame.seq}: ${JSON.stringify(frame.values)}`);
+      const kind = frame.replay ? "replayed" : "data";
+      log(`${kind} ${frame.topic} #${frame.seq}: ${JSON.stringify(frame.values)}`);
     },
     reset: (frame) => {
       chart.resetTopic(frame.topic);

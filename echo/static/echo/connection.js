@@ -2,7 +2,7 @@
 // each topic from the last seq seen, measures echo round trips. Knows nothing of the DOM.
 
 export const TICK_MS = 1000; // a "*" is sent this often while open; the server echoes every one
-export const DEAD_AFTER_MS = 6000; // no frame at all for this long: the socket is dead, replace it
+export const DEAD_AFTER_MS = 6000; // a "*" unanswered, and no frame at all, this long: replace the socket
 export const BACKOFF_FIRST_MS = 500;
 export const BACKOFF_MAX_MS = 10000;
 export const STABLE_AFTER_MS = 10000; // open this long: the next drop starts the backoff afresh
@@ -165,8 +165,14 @@ export class LiveConnection {
     const socket = this.socket;
     if (!socket) return;
     const now = performance.now();
-    if (now - this.lastFrameAt > DEAD_AFTER_MS) {
-      this.emit("log", `no frame for ${Math.round((now - this.lastFrameAt) / 1000)} s: replacing the connection`);
+    // Dead: a heartbeat (or the handshake) has waited DEAD_AFTER_MS with no frame at all since.
+    // Measured from what we wait for, not from the last frame, so that a hidden tab whose timers the
+    // browser slows to once a minute is not taken for dead.
+    const waitingSince = socket.readyState === WebSocket.OPEN ? this.pendingPings[0] : this.lastFrameAt;
+    const silent = now - this.lastFrameAt > DEAD_AFTER_MS;
+    if (silent && waitingSince !== undefined && now - waitingSince > DEAD_AFTER_MS) {
+      const seconds = Math.round((now - this.lastFrameAt) / 1000);
+      this.emit("log", `no frame for ${seconds} s: replacing the connection`);
       this.dropSocket(4000, "no frames");
       this.scheduleRetry();
       return;
