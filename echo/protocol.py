@@ -28,10 +28,10 @@ RESYNC_EVENT = "layer.resync"
 
 GROUP_PREFIX = "topic."
 
-TOPIC_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
+TOPIC_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")  # use fullmatch: "$" would allow a trailing newline
 
 # A series name is shown in the page's legend; keep it short and printable.
-SERIES_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_SERIES_PER_FRAME = 32
 
 
@@ -41,7 +41,7 @@ class FrameError(ValueError):
 
 def validate_topic(topic: str) -> str:
     """Return ``topic`` if it is a valid topic name, else raise ``FrameError``."""
-    if not isinstance(topic, str) or not TOPIC_PATTERN.match(topic):
+    if not isinstance(topic, str) or not TOPIC_PATTERN.fullmatch(topic):
         raise FrameError(
             f"invalid topic {topic!r}: use 1-48 characters of a-z, 0-9, '_' and '-', "
             "starting with a letter or digit"
@@ -60,7 +60,7 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, float | int]:
         raise FrameError(f"at most {MAX_SERIES_PER_FRAME} series per frame, got {len(values)}")
     checked: dict[str, float | int] = {}
     for name, value in values.items():
-        if not isinstance(name, str) or not SERIES_PATTERN.match(name):
+        if not isinstance(name, str) or not SERIES_PATTERN.fullmatch(name):
             raise FrameError(f"invalid series name {name!r}: 1-64 of A-Z a-z 0-9 _ . : -")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FrameError(f"series {name!r}: {value!r} is not a number")

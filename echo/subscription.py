@@ -7,12 +7,14 @@ act on.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from echo.protocol import DEFAULT_TOPIC, MAX_TOPICS_PER_CONNECTION, TOPIC_PATTERN
 
 MAX_QUERY_BYTES = 4096
+DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also accept "²" and other non-ASCII digits
 MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
 
 # RFC 6455 close code for a message that violates the server's policy.
@@ -58,7 +60,7 @@ def parse_subscription(query_string: bytes, *, default_history: int, max_history
 def _topics(raw: str) -> tuple[str, ...]:
     names = raw.split(",")
     for name in names:
-        if not TOPIC_PATTERN.match(name):
+        if not TOPIC_PATTERN.fullmatch(name):
             raise ClientError(
                 "bad_topics",
                 f"invalid topic {name[:60]!r}: 1-48 of a-z 0-9 _ -, starting with a letter or digit",
@@ -72,7 +74,7 @@ def _topics(raw: str) -> tuple[str, ...]:
 
 
 def _history(raw: str, max_history: int) -> int:
-    if not raw.isdigit() or len(raw) > 9:
+    if not DIGITS.fullmatch(raw) or len(raw) > 9:
         raise ClientError("bad_history", f"history must be a whole number from 0 to {max_history}")
     value = int(raw)
     if value > max_history:
@@ -84,7 +86,7 @@ def _since(raw: str, topics: tuple[str, ...]) -> dict[str, int]:
     since: dict[str, int] = {}
     for item in raw.split(","):
         topic, sep, seq = item.partition(":")
-        if not sep or not TOPIC_PATTERN.match(topic) or not seq.isdigit() or len(seq) > 16:
+        if not sep or not TOPIC_PATTERN.fullmatch(topic) or not DIGITS.fullmatch(seq) or len(seq) > 16:
             raise ClientError("bad_since", f"since takes topic:seq pairs, got {item[:60]!r}")
         if topic not in topics:
             raise ClientError("bad_since", f"since names {topic!r}, which is not among the topics")

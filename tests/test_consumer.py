@@ -85,8 +85,8 @@ async def test_joins_the_default_topic_on_connect_and_leaves_on_disconnect(layer
 
 
 async def test_a_pushed_message_reaches_every_socket_through_redis(layer, topic) -> None:
-    first = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}", headers=[ORIGIN])
-    second = WebsocketCommunicator(application, f"/?topics={topic}", headers=[ORIGIN])
+    first = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}&history=0", headers=[ORIGIN])
+    second = WebsocketCommunicator(application, f"/?topics={topic}&history=0", headers=[ORIGIN])
     await first.connect()
     await second.connect()
     seq = await Publisher().publish(topic, {"price": 101.25, "volume": 3})
@@ -104,7 +104,7 @@ async def test_a_pushed_message_reaches_every_socket_through_redis(layer, topic)
 
 
 async def test_publish_from_sync_code_reaches_the_socket(topic) -> None:
-    communicator = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}&history=0", headers=[ORIGIN])
     await communicator.connect()
     # Sync callers (views, scripts) run in threads without a loop; publish() must not need one.
     seqs = await asyncio.to_thread(lambda: [broadcast.publish(topic, {"v": i}) for i in range(3)])

@@ -12,7 +12,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from echo.routing import websocket_urlpatterns  # noqa: E402
+from wsproject.daphne_close_codes import patch_daphne  # noqa: E402
 from wsproject.origin import browser_origin_validator  # noqa: E402
+
+patch_daphne()
 
 application = ProtocolTypeRouter(
     {

@@ -1,0 +1,48 @@
+"""Let daphne (``manage.py runserver``) close WebSockets with every RFC 6455 close code.
+
+Daphne closes through autobahn's ``sendClose``, which only accepts 1000 and 3000-4999 (the codes an
+*application* may pick in the browser API), so a consumer closing with 1008 (policy), 1009 (too big),
+1011, 1013 (try again later) or 1001 (going away) crashes with "invalid close code" and the client
+sees 1011 instead. It also drops the close reason. This sends the close frame through autobahn's
+lower-level ``sendCloseFrame`` instead, for codes a server may send, with the reason.
+
+Applied once, when the ASGI application is imported in a daphne process; versions are pinned, and
+``tests/test_hostile.py`` fails if an upgrade breaks it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# RFC 6455 section 7.4.1 codes a server may send, plus the registered 1012-1014 and private 3000-4999.
+SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+MAX_REASON_BYTES = 123
+
+
+def patch_daphne() -> None:
+    """Replace daphne's ``serverClose`` with one that sends any valid server close code and reason."""
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # not running under daphne: nothing to do
+        return
+    if getattr(WebSocketProtocol, "_rfc6455_close_codes", False):
+        return
+
+    def server_close(self: Any, code: int | None = None, reason: str | None = None) -> None:
+        code = 1000 if code is None else code
+        if code not in SENDABLE and not 3000 <= code <= 4999:
+            code = 1011
+        encoded = reason.encode("utf-8")[:MAX_REASON_BYTES] if reason else None
+        self.sendCloseFrame(code=code, reasonUtf8=encoded, isReply=False)
+
+    original_handle_reply = WebSocketProtocol.handle_reply
+
+    def handle_reply(self: Any, message: dict[str, Any]) -> None:
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            server_close(self, message.get("code"), message.get("reason"))
+            return
+        original_handle_reply(self, message)
+
+    WebSocketProtocol.serverClose = server_close
+    WebSocketProtocol.handle_reply = handle_reply
+    WebSocketProtocol._rfc6455_close_codes = True
