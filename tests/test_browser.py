@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,19 +66,9 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-def allow_missing_topics_api(page: Any, server: Server) -> None:
-    """Until the server has GET /api/topics, the page's request for it is an expected 404."""
-    try:
-        urllib.request.urlopen(server.http_url("/api/topics"), timeout=10).close()
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            page.console.allowed.append(re.compile(r"/api/topics$"))
-
-
 def open_page(page: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
-    allow_missing_topics_api(page, server)
     page.goto(server.http_url("/"))
     expect(page.locator("#status")).to_have_text("closed")
     page.click("#connect")
@@ -276,7 +264,6 @@ def test_a_refused_request_is_shown_and_not_retried(server: Server, page: Any) -
         ws.close(code=1008, reason="bad request")
 
     page.route_web_socket(re.compile(r"/ws/echo/"), refuse)
-    allow_missing_topics_api(page, server)
     page.goto(server.http_url("/"))
     page.click("#connect")
     expect(page.locator("#status")).to_have_text("closed", timeout=ms(20))
