@@ -273,3 +273,28 @@ def test_a_refused_request_is_shown_and_not_retried(server: Server, page: Any) -
         page.wait_for_function("() => window.liveChart.connections() > 1", timeout=ms(3))
     assert page.evaluate("window.liveChart.connections()") == 1
     page.console.assert_clean()
+
+
+def test_after_1013_the_page_reconnects_asking_for_what_it_missed(server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    now = time.time()
+    urls: list[str] = []
+
+    def scripted(ws: Any) -> None:
+        urls.append(ws.url)
+        echo_stars(ws)
+        if len(urls) == 1:  # the first socket falls behind and is dropped by the server
+            ws.send("\n".join(data_frame(seq, 100 + seq, now - 5 + seq) for seq in (1, 2, 3)))
+            ws.close(code=1013, reason="too slow: messages dropped")
+        else:  # the second one gets exactly what it missed
+            ws.send(data_frame(4, 104, now))
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    open_page(page, server)
+    page.wait_for_function("() => window.liveChart.count('prices') === 4", timeout=ms(20))
+    expect(page.locator("#status")).to_have_text("open")
+    assert len(urls) == 2
+    assert "since" not in urls[0]
+    assert "since=prices:3" in urls[1]
+    page.console.assert_clean()
