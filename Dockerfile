@@ -31,4 +31,4 @@ RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=build \
 
 USER app
 EXPOSE 8000
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "8000", "--proxy-headers", "wsproject.asgi:application"]
+CMD ["python", "-m", "wsproject.server", "--host", "0.0.0.0", "--port", "8000"]

@@ -146,9 +146,8 @@ def supervise(commands: Sequence[Sequence[str]], env: dict[str, str]) -> int:
 
 
 def production_command(host: str, port: str) -> list[str]:
-    """The production server, as the Dockerfile and docker-compose.yml run it."""
-    daphne = str(Path(sys.executable).with_name("daphne"))
-    return [daphne, "--bind", host, "--port", port, "--proxy-headers", "wsproject.asgi:application"]
+    """The production server, as the Dockerfile and docker-compose.yml run it (WEB_CONCURRENCY workers)."""
+    return [sys.executable, "-m", "wsproject.server", "--host", host, "--port", port]
 
 
 def serve(env: dict[str, str], host: str, port: str) -> int:

@@ -75,12 +75,31 @@ def server_env(static_root: Path) -> dict[str, str]:
     return {**os.environ, "DJANGO_STATIC_ROOT": str(static_root)}  # collected before it starts
 
 
+SERVER_COMMANDS = {
+    # What `make run` serves (daphne), and what `make serve`, the Dockerfile and compose run (uvicorn).
+    "runserver": [sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload"],
+    "production": devenv.production_command("127.0.0.1", "0"),
+}
+
+
 @pytest.fixture
 def server(server_env: dict[str, str]) -> Iterator[Server]:
     """`manage.py runserver` (daphne) in its own process on a free port: what `make run` serves."""
-    with start_server(
-        [sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload"], server_env
-    ) as running:
+    with start_server(SERVER_COMMANDS["runserver"], server_env) as running:
+        yield running
+
+
+@pytest.fixture(params=sorted(SERVER_COMMANDS))
+def any_server(request: pytest.FixtureRequest, server_env: dict[str, str]) -> Iterator[Server]:
+    """Each server users run, in turn: the development server and the production server."""
+    with start_server(SERVER_COMMANDS[request.param], server_env) as running:
+        yield running
+
+
+@pytest.fixture
+def production_server(server_env: dict[str, str]) -> Iterator[Server]:
+    """The production server (`make serve`) in its own process on a free port."""
+    with start_server(SERVER_COMMANDS["production"], server_env) as running:
         yield running
 
 

@@ -125,7 +125,8 @@ class Server:
         return f"http://localhost:{self.port}"
 
 
-LISTENING = r"Listening on TCP address [\d.]+:(\d+)"
+# daphne's and uvicorn's "ready" lines; the group is the port actually bound (servers start on port 0).
+LISTENING = r"(?:Listening on TCP address [\d.]+|Uvicorn running on http://[\d.]+):(\d+)"
 
 
 @contextlib.contextmanager
