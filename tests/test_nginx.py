@@ -1,0 +1,244 @@
+"""The repo's nginx config (deploy/nginx/) in front of two production server processes sharing Redis.
+
+nginx is Debian's (``apt-get install -y nginx``), run in the foreground as the test's child, with
+everything it writes (pid, temp files) in a temporary directory. The config is the repo's, with the
+changes a test machine needs and nothing else: it listens on a free loopback port instead of port 80,
+and its upstream include lists the two local servers instead of compose's ``web`` replicas. Without
+nginx the test skips, except under ``CI=true``, where a missing nginx is a failure.
+
+Each client connects from an address of its own (127.0.0.x), so a server's "[accepted]" log line,
+which shows the address nginx forwarded (``X-Forwarded-For``), says which server holds which client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import devenv
+import pytest
+import websockets
+
+from tests.support import (
+    ROOT,
+    OutputWatcher,
+    Server,
+    data_frames,
+    spawn,
+    start_server,
+    stop,
+    timeout,
+)
+
+NGINX_DIR = ROOT / "deploy" / "nginx"
+NGINX = os.environ.get("NGINX", "nginx")
+CLOSE_GOING_AWAY = 1001
+
+
+def require_nginx() -> str:
+    """The nginx binary; skip the test without one, or fail it under CI=true."""
+    found = shutil.which(NGINX) or shutil.which(NGINX, path="/usr/sbin:/usr/local/sbin")
+    if found:
+        return found
+    reason = f"no nginx at {NGINX}: apt-get install -y nginx (or set NGINX=/path/to/it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def local_upstream(ports: list[int], workdir: Path) -> str:
+    """The compose upstream include, its ``web:8000`` server line once per local server, plus temp paths."""
+    text = (NGINX_DIR / "web-upstream.conf").read_text()
+    line = re.search(r"^(\s*)server web:8000(.*)$", text, re.M)
+    assert line, "web-upstream.conf has no 'server web:8000' line"
+    indent, params = line.groups()
+    servers = "\n".join(f"{indent}server 127.0.0.1:{port}{params}" for port in ports)
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp = "".join(f"{kind}_temp_path {workdir / kind};\n" for kind in kinds)
+    return text[: line.start()] + servers + text[line.end() :] + "\n" + temp
+
+
+@contextlib.contextmanager
+def start_nginx(upstream_ports: list[int], workdir: Path) -> Iterator[Server]:
+    """Run the repo's nginx.conf in the foreground on a free loopback port; stop it afterwards."""
+    binary = require_nginx()
+    port = devenv.free_port()
+    conf = (NGINX_DIR / "nginx.conf").read_text()
+    assert re.search(r"^\s*listen 80 default_server;", conf, re.M), "nginx.conf no longer listens on 80"
+    conf = re.sub(r"listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;", conf)
+    (workdir / "nginx.conf").write_text(conf)
+    (workdir / "web-upstream.conf").write_text(local_upstream(upstream_ports, workdir))
+    # Workers run as "nobody" under root unless told otherwise; they need the temp directory.
+    user = "user root;" if os.geteuid() == 0 else ""
+    globals_ = f"daemon off; pid {workdir / 'nginx.pid'}; error_log stderr notice; {user}"
+    command = [binary, "-e", "stderr", "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g", globals_]
+    process = spawn(command, os.environ)
+    output = OutputWatcher(process)
+    try:
+        # Logged once the listening socket is bound (the master binds it before starting workers).
+        output.wait_for(r"start worker processes", seconds=15)
+        yield Server(process=process, output=output, port=port)
+    finally:
+        stop(process, signal.SIGTERM)
+
+
+class Client:
+    """A page's worth of client behind nginx: follows one topic, and on 1001 reconnects with ``since``."""
+
+    def __init__(self, index: int, nginx: Server, topic: str, changed: asyncio.Condition) -> None:
+        self.address = f"127.0.0.{10 + index}"  # nginx forwards it; the servers log it
+        self.nginx = nginx
+        self.topic = topic
+        self.changed = changed
+        self.seqs: list[int] = []
+        self.connections = 0
+        self.close_codes: list[int | None] = []
+        self.close_seq = 0  # the last seq seen before a 1001
+
+    @property
+    def last(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+    async def run(self) -> None:
+        """Called as a task: stays connected until cancelled or closed with a code other than 1001."""
+        query = f"topics={self.topic}&history=0"
+        while True:
+            async with websockets.connect(
+                self.nginx.ws_url(f"/ws/echo/?{query}"),
+                origin=self.nginx.origin,
+                local_addr=(self.address, 0),
+                max_size=None,
+            ) as ws:
+                await self._notify(connections=1)
+                with contextlib.suppress(websockets.ConnectionClosedError):
+                    async for message in ws:  # ends on a 1000 or 1001 close
+                        for frame in data_frames(message):
+                            if frame["type"] == "data":
+                                self.seqs.append(frame["seq"])
+                                await self._notify()
+            self.close_codes.append(ws.close_code)
+            await self._notify()
+            if ws.close_code != CLOSE_GOING_AWAY:
+                return
+            self.close_seq = self.last
+            query = f"topics={self.topic}&since={self.topic}:{self.close_seq}"
+
+    async def _notify(self, connections: int = 0) -> None:
+        async with self.changed:
+            self.connections += connections
+            self.changed.notify_all()
+
+
+async def until(changed: asyncio.Condition, predicate: Callable[[], bool], what: str, seconds: float) -> None:
+    async with changed:
+        try:
+            await asyncio.wait_for(changed.wait_for(predicate), timeout(seconds))
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting until {what}") from None
+
+
+async def push(topic: str, count: int, rate: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start ``manage.py push_data`` publishing ``count`` messages to ``topic``."""
+    command = [sys.executable, "manage.py", "push_data", "--source", "sine", "--topic", topic]
+    return spawn([*command, "--count", str(count), "--rate", str(rate)], env)
+
+
+async def finished(process: subprocess.Popen[str]) -> None:
+    output = OutputWatcher(process)
+    code = await asyncio.to_thread(process.wait, timeout(60))
+    assert code == 0, output.drain()
+
+
+async def flush_log(server: Server) -> None:
+    """Wait until every line a server logged before now has been read (a marker connection's line)."""
+    marker = uuid.uuid4().hex
+    async with websockets.connect(
+        server.ws_url(f"/ws/echo/?history=0&marker={marker}"), origin=server.origin
+    ):
+        pass
+    await asyncio.to_thread(server.output.wait_for, rf"marker={marker}\" \[accepted\]", 15)
+
+
+def accepted_addresses(server: Server, query: str) -> set[str]:
+    """Client addresses in a server's uvicorn "[accepted]" lines for this exact WebSocket query."""
+    path = re.escape(f"/ws/echo/?{query}")
+    line = re.compile(rf'uvicorn\.error: ([\d.]+):\d+ - "WebSocket {path}" \[accepted\]')
+    return {match.group(1) for text in server.output.lines if (match := line.search(text))}
+
+
+@pytest.fixture
+def two_servers(server_env: dict[str, str]) -> Iterator[list[Server]]:
+    """Two production server processes sharing Redis and the channel-layer prefix (the environment's)."""
+    env = {**server_env, "FORWARDED_ALLOW_IPS": "127.0.0.1"}  # nginx connects from 127.0.0.1
+    command = devenv.production_command("127.0.0.1", "0")
+    with start_server(command, env) as first, start_server(command, env) as second:
+        yield [first, second]
+
+
+@pytest.mark.slow
+async def test_nginx_spreads_clients_and_moves_them_when_a_server_stops(
+    two_servers: list[Server], server_env: dict[str, str], topic: str, tmp_path: Path
+) -> None:
+    clients_count, before, after = 8, 50, 100
+    with start_nginx([server.port for server in two_servers], tmp_path) as nginx:
+        page = await asyncio.to_thread(urllib.request.urlopen, nginx.http_url("/"), timeout=timeout(10))
+        assert page.status == 200 and b"<html" in page.read().lower()
+        assert page.headers["Server"] == "nginx", "server_tokens off: no version in the Server header"
+
+        changed = asyncio.Condition()
+        clients = [Client(i, nginx, topic, changed) for i in range(clients_count)]
+        tasks = [asyncio.ensure_future(client.run()) for client in clients]
+        try:
+            await until(changed, lambda: all(c.connections == 1 for c in clients), "all connected", 20)
+            # Which server holds which client: the address nginx forwarded, as each server logged it.
+            for server in two_servers:
+                await flush_log(server)
+            first_query = f"topics={topic}&history=0"
+            holders = [accepted_addresses(server, first_query) for server in two_servers]
+            assert all(holders), f"nginx did not spread the clients over both servers: {holders}"
+            assert holders[0] | holders[1] == {c.address for c in clients} and not holders[0] & holders[1]
+
+            await finished(await push(topic, before, 200, server_env))
+            await until(changed, lambda: all(c.last == before for c in clients), f"all saw {before}", 30)
+
+            # Stop the first server while the second batch is being published.
+            stopping, staying = two_servers
+            pusher = await push(topic, after, 50, server_env)
+            await until(changed, lambda: any(c.last >= before + 5 for c in clients), "publishing", 30)
+            # uvicorn re-raises the SIGTERM once it has shut down gracefully: that is its exit status.
+            code = await asyncio.to_thread(stop, stopping.process, signal.SIGTERM, 15)
+            assert code in (0, -signal.SIGTERM), stopping.output.drain()
+            await finished(pusher)
+            total = before + after
+            await until(changed, lambda: all(c.last == total for c in clients), f"all saw {total}", 60)
+
+            moved = [c for c in clients if c.address in holders[0]]
+            for client in moved:
+                assert client.close_codes == [CLOSE_GOING_AWAY] and client.connections == 2, client.address
+            for client in clients:
+                assert client.seqs == list(range(1, total + 1)), f"gap or duplicate for {client.address}"
+            for client in clients:
+                if client not in moved:
+                    assert client.close_codes == [] and client.connections == 1, client.address
+            # The moved clients reached the other server, through nginx, asking for what they missed.
+            await flush_log(staying)
+            for client in moved:
+                query = f"topics={topic}&since={topic}:{client.close_seq}"
+                assert client.address in accepted_addresses(staying, query), staying.output.text()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    stopped = two_servers[0].output.drain()
+    assert "Traceback" not in stopped and re.search(r"Closing \d+ WebSocket connections with 1001", stopped)
+    assert "Traceback" not in two_servers[1].output.text(), two_servers[1].output.text()
