@@ -2,7 +2,8 @@
 
 Each service's command runs here as a local process with the environment the file gives it; the only
 changes are the ones a container network makes unnecessary: Redis's host becomes the tests' Redis,
-and the web server binds 127.0.0.1 on a free port instead of 0.0.0.0:8000.
+and the web server binds 127.0.0.1 on a free port instead of 0.0.0.0:8000. nginx's config is run by
+tests/test_nginx.py; here only its wiring into the file is checked.
 """
 
 from __future__ import annotations
@@ -61,13 +62,40 @@ def local_command(name: str) -> list[str]:
 
 def test_services_and_their_safety_properties() -> None:
     services = COMPOSE["services"]
-    assert set(services) >= {"redis", "web", "pusher"}
+    assert set(services) >= {"nginx", "redis", "web", "pusher"}
     assert "ports" not in services["redis"], "Redis must not be published to the host"
-    for name in ("redis", "web"):
+    for name in ("nginx", "redis", "web"):
         assert services[name]["healthcheck"]["test"]
     for name in ("web", "pusher"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_only_nginx_is_published_so_web_scales() -> None:
+    services = COMPOSE["services"]
+    # `docker compose up --scale web=3` fails on a fixed host port, and a published replica would
+    # let clients around nginx, spoofing X-Forwarded-For (web trusts every peer: FORWARDED_ALLOW_IPS).
+    assert "ports" not in services["web"], "web must not publish a host port (nginx is the way in)"
+    assert services["web"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+    assert "8000" in [str(port) for port in services["web"].get("expose", [])]
+    assert services["nginx"]["ports"] == ["${PORT:-8000}:80"]
+    assert services["nginx"]["depends_on"]["web"]["condition"] == "service_healthy"
+    assert interpolate(services["nginx"]["ports"][0], {}) == "8000:80"
+
+
+def test_nginx_mounts_the_repos_config_read_only_where_it_includes_it() -> None:
+    mounts = [volume.split(":") for volume in COMPOSE["services"]["nginx"]["volumes"]]
+    assert all(mode == "ro" for _, _, mode in mounts)
+    targets = {target: ROOT / source for source, target, _ in mounts}
+    assert targets["/etc/nginx/nginx.conf"] == ROOT / "deploy/nginx/nginx.conf"
+    main_conf = targets["/etc/nginx/nginx.conf"].read_text()
+    # Relative includes resolve against the main file's directory.
+    for include in re.findall(r"^\s*include\s+([^;]+);", main_conf, re.M):
+        assert f"/etc/nginx/{include}" in targets, f"nginx.conf includes {include}, which is not mounted"
+    for source in targets.values():
+        assert source.is_file(), source
+    upstream = targets["/etc/nginx/web-upstream.conf"].read_text()
+    assert re.search(r"^\s*server web:8000\b", upstream, re.M), "nginx must reach web on its port"
 
 
 def test_the_secret_key_must_come_from_the_environment() -> None:

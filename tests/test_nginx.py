@@ -194,6 +194,10 @@ async def test_nginx_spreads_clients_and_moves_them_when_a_server_stops(
         page = await asyncio.to_thread(urllib.request.urlopen, nginx.http_url("/"), timeout=timeout(10))
         assert page.status == 200 and b"<html" in page.read().lower()
         assert page.headers["Server"] == "nginx", "server_tokens off: no version in the Server header"
+        health = await asyncio.to_thread(
+            urllib.request.urlopen, nginx.http_url("/nginx-health"), timeout=timeout(10)
+        )
+        assert health.status == 200 and health.read() == b"ok\n"
 
         changed = asyncio.Condition()
         clients = [Client(i, nginx, topic, changed) for i in range(clients_count)]
