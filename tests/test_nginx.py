@@ -104,6 +104,7 @@ class Client:
         self.connections = 0
         self.close_codes: list[int | None] = []
         self.close_seq = 0  # the last seq seen before a 1001
+        self.error: str | None = None  # why run() ended early (a refused handshake, say)
 
     @property
     def last(self) -> int:
@@ -111,6 +112,14 @@ class Client:
 
     async def run(self) -> None:
         """Called as a task: stays connected until cancelled or closed with a code other than 1001."""
+        try:
+            await self._follow()
+        except Exception as exc:
+            self.error = repr(exc)
+            await self._notify()
+            raise
+
+    async def _follow(self) -> None:
         query = f"topics={self.topic}&history=0"
         while True:
             async with websockets.connect(
@@ -139,15 +148,24 @@ class Client:
             self.changed.notify_all()
 
 
-async def until(changed: asyncio.Condition, predicate: Callable[[], bool], what: str, seconds: float) -> None:
-    async with changed:
+async def until(clients: list[Client], predicate: Callable[[], bool], what: str, seconds: float) -> None:
+    """Wait until ``predicate`` holds; fail at once if a client failed, or after ``seconds``."""
+
+    def errors() -> dict[str, str]:
+        return {c.address: c.error for c in clients if c.error}
+
+    async with clients[0].changed:
         try:
-            await asyncio.wait_for(changed.wait_for(predicate), timeout(seconds))
+            await asyncio.wait_for(
+                clients[0].changed.wait_for(lambda: predicate() or errors()), timeout(seconds)
+            )
         except TimeoutError:
-            raise AssertionError(f"timed out waiting until {what}") from None
+            last = {c.address: c.last for c in clients}
+            raise AssertionError(f"timed out waiting until {what}; last seqs {last}") from None
+    assert not errors(), f"clients failed while waiting until {what}: {errors()}"
 
 
-async def push(topic: str, count: int, rate: int, env: dict[str, str]) -> subprocess.Popen[str]:
+def push(topic: str, count: int, rate: int, env: dict[str, str]) -> subprocess.Popen[str]:
     """Start ``manage.py push_data`` publishing ``count`` messages to ``topic``."""
     command = [sys.executable, "manage.py", "push_data", "--source", "sine", "--topic", topic]
     return spawn([*command, "--count", str(count), "--rate", str(rate)], env)
@@ -203,7 +221,7 @@ async def test_nginx_spreads_clients_and_moves_them_when_a_server_stops(
         clients = [Client(i, nginx, topic, changed) for i in range(clients_count)]
         tasks = [asyncio.ensure_future(client.run()) for client in clients]
         try:
-            await until(changed, lambda: all(c.connections == 1 for c in clients), "all connected", 20)
+            await until(clients, lambda: all(c.connections == 1 for c in clients), "all connected", 20)
             # Which server holds which client: the address nginx forwarded, as each server logged it.
             for server in two_servers:
                 await flush_log(server)
@@ -212,19 +230,19 @@ async def test_nginx_spreads_clients_and_moves_them_when_a_server_stops(
             assert all(holders), f"nginx did not spread the clients over both servers: {holders}"
             assert holders[0] | holders[1] == {c.address for c in clients} and not holders[0] & holders[1]
 
-            await finished(await push(topic, before, 200, server_env))
-            await until(changed, lambda: all(c.last == before for c in clients), f"all saw {before}", 30)
+            await finished(push(topic, before, 200, server_env))
+            await until(clients, lambda: all(c.last == before for c in clients), f"all saw {before}", 30)
 
             # Stop the first server while the second batch is being published.
             stopping, staying = two_servers
-            pusher = await push(topic, after, 50, server_env)
-            await until(changed, lambda: any(c.last >= before + 5 for c in clients), "publishing", 30)
+            pusher = push(topic, after, 50, server_env)
+            await until(clients, lambda: any(c.last >= before + 5 for c in clients), "publishing", 30)
             # uvicorn re-raises the SIGTERM once it has shut down gracefully: that is its exit status.
             code = await asyncio.to_thread(stop, stopping.process, signal.SIGTERM, 15)
             assert code in (0, -signal.SIGTERM), stopping.output.drain()
             await finished(pusher)
             total = before + after
-            await until(changed, lambda: all(c.last == total for c in clients), f"all saw {total}", 60)
+            await until(clients, lambda: all(c.last == total for c in clients), f"all saw {total}", 60)
 
             moved = [c for c in clients if c.address in holders[0]]
             for client in moved:
