@@ -14,7 +14,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from echo import connections
+from echo import connections, metrics
+from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
 from echo.protocol import (
     RELAY_EVENT,
@@ -24,12 +25,14 @@ from echo.protocol import (
     reset_frame,
     topic_group,
 )
-from echo.subscription import ClientError, Subscription, parse_subscription
+from echo.subscription import CLOSE_POLICY_VIOLATION, ClientError, Subscription, parse_subscription
 
 logger = logging.getLogger(__name__)
 
-# RFC 6455 close code for "try again later": the server could not keep up with this client.
+# RFC 6455 close codes: "try again later" (the server could not keep up with this client) and
+# "message too big".
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TOO_BIG = 1009
 
 # Replayed history goes out in text frames of at most this many characters, newline-separated.
 BATCH_CHARS = 64 * 1024
@@ -44,6 +47,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     subscription: Subscription
     joined = False
+    closing = False
+    counted_address: str | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the connection: client frames and channel-layer events, handled one at a time.
@@ -55,11 +60,25 @@ class EchoConsumer(AsyncWebsocketConsumer):
         fell behind gets one frame carrying all it missed instead of one frame per message.
         """
         self.scope = scope
-        self.base_send = send
+
+        async def base_send(message: dict[str, Any]) -> None:
+            try:
+                await send(message)
+            except RuntimeError as exc:
+                # The server closed the socket itself (a frame too big, invalid UTF-8) while frames
+                # it had already passed on were still queued for us: what is left has nowhere to go.
+                if "websocket.close" not in str(exc):
+                    raise
+                self.closing = True
+
+        self.base_send = base_send
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
         self.last_seq: dict[str, int] = {}
+        self.rate = FrameRateLimit(
+            rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
+        )
         client = asyncio.ensure_future(self._client_loop(receive))
         layer = asyncio.ensure_future(self._layer_loop())
         try:
@@ -94,10 +113,12 @@ class EchoConsumer(AsyncWebsocketConsumer):
                     texts.append(text)
                 continue
             if texts:
+                metrics.inc("ws_messages_relayed_total", amount=len(texts))
                 await self.send_batched(texts)
                 texts = []
             await self.dispatch(event)
         if texts:
+            metrics.inc("ws_messages_relayed_total", amount=len(texts))
             await self.send_batched(texts)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -130,6 +151,17 @@ class EchoConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.refuse(error)
             return
+        address = (self.scope.get("client") or (None,))[0]
+        if not per_address.try_add(address, settings.WS_MAX_CONNECTIONS_PER_ADDRESS):
+            await self.accept()
+            await self.refuse(
+                ClientError(
+                    "too_many_connections",
+                    f"at most {settings.WS_MAX_CONNECTIONS_PER_ADDRESS} connections per address",
+                )
+            )
+            return
+        self.counted_address = address
         self.groups = [topic_group(topic) for topic in self.subscription.topics]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -137,6 +169,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).join(self.subscription.topics)
         self.joined = True
         connections.opened(self)
+        metrics.inc("ws_connections_total")
         await self.replay(self.subscription.since, self.subscription.history)
 
     async def disconnect(self, code: int) -> None:
@@ -144,12 +177,16 @@ class EchoConsumer(AsyncWebsocketConsumer):
         if self.joined:
             presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).leave(self.subscription.topics)
             connections.closed(self)
+        per_address.remove(self.counted_address)
 
     async def refuse(self, error: ClientError) -> None:
         """Tell the client what it got wrong, in an error frame, then close with the error's code."""
-        logger.info("Refused %s: %s: %s", self.scope.get("client"), error.code, error.detail)
+        logger.warning("Closing %s: %s: %s", self.scope.get("client"), error.code, error.detail)
+        self.closing = True
+        metrics.inc("ws_refused_total", error.code)
+        metrics.inc("ws_closed_total", str(error.close_code))
         await self.send(text_data=error_frame(error.code, error.detail))
-        await self.close(code=error.close_code)
+        await self.close(code=error.close_code, reason=error.code)
 
     # ------------------------------------------------------------ history
 
@@ -174,6 +211,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
     async def _replay_topic(self, topic: str, seen: int | None, history: int) -> list[str]:
         group = topic_group(topic)
         frames: list[str] = []
+        reset = False
         if seen is not None:
             counter, entries = await self.channel_layer.group_history(group, after=seen)
             if seen > counter:
@@ -183,32 +221,68 @@ class EchoConsumer(AsyncWebsocketConsumer):
             else:
                 reason = ""
             if reason:
+                reset = True
                 frames.append(reset_frame(topic, reason))
                 counter, entries = await self.channel_layer.group_history(group, last=history)
         else:
             counter, entries = await self.channel_layer.group_history(group, last=history)
-        previous = self.last_seq.get(topic, 0)
-        frames.extend(as_replay(text) for seq, text in entries if seq > previous)
+        # After a reset the numbering started again (Redis lost its data): forget what was sent.
+        previous = 0 if reset else self.last_seq.get(topic, 0)
+        replayed = [as_replay(text) for seq, text in entries if seq > previous]
+        metrics.inc("ws_messages_replayed_total", amount=len(replayed))
+        frames.extend(replayed)
         self.last_seq[topic] = max(counter, previous)
         return frames
 
     async def send_batched(self, frames: list[str]) -> None:
         """Send frames newline-joined in as few text frames as ``BATCH_CHARS`` allows."""
+        if len(frames) == 1:
+            metrics.inc("ws_frames_out_total")
+            await self.send(text_data=frames[0])
+            return
         batch: list[str] = []
         size = 0
         for frame in frames:
             if batch and size + len(frame) > BATCH_CHARS:
+                metrics.inc("ws_frames_out_total")
                 await self.send(text_data="\n".join(batch))
                 batch, size = [], 0
             batch.append(frame)
             size += len(frame) + 1
         if batch:
+            metrics.inc("ws_frames_out_total")
             await self.send(text_data="\n".join(batch))
 
     # ------------------------------------------------------------ client frames
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        """Called with each frame from the client: send it straight back, text as text, binary as binary."""
+        """Called with each frame from the client: send it straight back, text as text, binary as binary.
+
+        Frames over ``WS_MAX_FRAME_BYTES`` close the connection (1009); frames over the rate limit are
+        dropped (not echoed) and counted, and persistent flooding closes it (1008).
+        """
+        if self.closing:
+            return
+        size = len(text_data) if text_data is not None else len(bytes_data or b"")
+        metrics.inc("ws_frames_in_total", "text" if text_data is not None else "binary")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            metrics.inc("ws_dropped_total", "too_big")
+            limit = settings.WS_MAX_FRAME_BYTES
+            await self.refuse(
+                ClientError("frame_too_big", f"frames are limited to {limit} bytes", CLOSE_TOO_BIG)
+            )
+            return
+        if not self.rate.allow():
+            metrics.inc("ws_dropped_total", "rate_limit")
+            if self.rate.abusive:
+                limit = settings.WS_RATE_LIMIT
+                await self.refuse(
+                    ClientError(
+                        "rate_limited", f"more than {limit:g} frames/s, persistently", CLOSE_POLICY_VIOLATION
+                    )
+                )
+            return
+        metrics.inc("ws_frames_out_total")
         if text_data is not None:
             await self.send(text_data=text_data)
         else:
@@ -220,7 +294,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
         """Called for a pushed message on its own: forward its pre-encoded JSON text unchanged."""
         text = self._relay_text(event)
         if text is not None:
-            await self.send(text_data=text)
+            metrics.inc("ws_messages_relayed_total")
+            await self.send_batched([text])
 
     def _relay_text(self, event: dict[str, Any]) -> str | None:
         """The text to relay for a pushed message, or None for a numbered one already sent (replayed)."""
@@ -247,4 +322,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
             self.scope.get("client"),
             event["dropped"],
         )
-        await self.close(code=CLOSE_TRY_AGAIN_LATER)
+        metrics.inc("ws_dropped_total", "overflow", event["dropped"])
+        metrics.inc("ws_closed_total", str(CLOSE_TRY_AGAIN_LATER))
+        self.closing = True
+        await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="too slow: messages dropped")

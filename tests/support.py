@@ -76,6 +76,16 @@ class OutputWatcher:
         return self.text()
 
     def text(self) -> str:
+        """Everything the process has written so far (what was read already, without waiting)."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                self._queue.put(None)  # keep the end marker for wait_for()
+                break
+            self.lines.append(line)
         return "\n".join(self.lines)
 
 

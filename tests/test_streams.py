@@ -116,7 +116,7 @@ async def test_bad_query_values_get_an_error_frame_and_close_1008(query: str, co
     client = await connect(f"/ws/echo/?{query}")
     error = json.loads((await client.receive_output(timeout=2))["text"])
     assert error["type"] == "error" and error["code"] == code and error["detail"]
-    assert await client.receive_output(timeout=2) == {"type": "websocket.close", "code": 1008}
+    assert await client.receive_output(timeout=2) == {"type": "websocket.close", "code": 1008, "reason": code}
 
 
 async def test_topics_endpoint_lists_topics_with_their_seq(topic, server) -> None:

@@ -11,6 +11,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from echo.probes import with_probes  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
 from wsproject.daphne_close_codes import patch_daphne  # noqa: E402
 from wsproject.origin import browser_origin_validator  # noqa: E402
@@ -19,7 +20,7 @@ patch_daphne()
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": with_probes(django_asgi_app),
         "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -22,7 +22,7 @@ MAX_REASON_BYTES = 123
 def patch_daphne() -> None:
     """Replace daphne's ``serverClose`` with one that sends any valid server close code and reason."""
     try:
-        from daphne.ws_protocol import WebSocketProtocol
+        from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # not running under daphne: nothing to do
         return
     if getattr(WebSocketProtocol, "_rfc6455_close_codes", False):
@@ -43,6 +43,15 @@ def patch_daphne() -> None:
             return
         original_handle_reply(self, message)
 
+    original_factory_init = WebSocketFactory.__init__
+
+    def factory_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_factory_init(self, *args, **kwargs)
+        # Send the close frame autobahn chose (1007 for invalid UTF-8) instead of dropping the TCP
+        # connection. (Frame size is limited by the consumer: daphne sets its own size options later.)
+        self.setProtocolOptions(failByDrop=False)
+
     WebSocketProtocol.serverClose = server_close
     WebSocketProtocol.handle_reply = handle_reply
+    WebSocketFactory.__init__ = factory_init
     WebSocketProtocol._rfc6455_close_codes = True

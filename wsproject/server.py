@@ -13,13 +13,80 @@ Settings come from the environment as for Django (README: Configuration).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import logging
 import os
 import socket
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
 
-from echo import connections
+from echo import connections, metrics
+
+logger = logging.getLogger(__name__)
+
+
+class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """websockets' sans-I/O protocol that drops a client which stopped reading its socket.
+
+    While a client reads slowly, sends wait (uvicorn pauses writers above the transport's high-water
+    mark), the consumer's channel queue fills, and the layer closes it with 1013. A client that stops
+    reading altogether cannot even receive a close frame: once its socket has stayed unwritable for
+    ``WS_STALL_SECONDS``, the connection is aborted, logged and counted, so that its buffers are freed.
+    """
+
+    stall_seconds = float(os.environ.get("WS_STALL_SECONDS", "10"))
+    _stall_timer: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = asyncio.get_running_loop().call_later(self.stall_seconds, self._drop)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stall_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_stall_timer()
+        super().connection_lost(exc)
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def send_receive_event_to_app(self) -> None:
+        """Pass a complete message to the app; invalid UTF-8 in text closes with 1007, logged plainly.
+
+        (uvicorn's own version logs a traceback for what is a client's mistake.)
+        """
+        if self.curr_msg_data_type != "text" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            metrics.inc("ws_dropped_total", "invalid_utf8")
+            if self.conn.state is not State.OPEN:
+                return  # already closing: nothing more to say to this client
+            logger.warning("Closing %s: invalid UTF-8 in a text frame (1007)", self.client)
+            metrics.inc("ws_closed_total", "1007")
+            self.conn.send_close(1007, "invalid UTF-8")
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+
+    def _drop(self) -> None:
+        self._stall_timer = None
+        logger.warning("Dropping %s: it has not read its socket for %.0f s", self.client, self.stall_seconds)
+        metrics.inc("ws_dropped_total", "stalled_client")
+        metrics.inc("ws_closed_total", "abort")
+        self.transport.abort()
 
 
 class GracefulServer(uvicorn.Server):
@@ -43,7 +110,7 @@ def config(host: str, port: int, workers: int) -> uvicorn.Config:
         workers=workers,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=BoundedWebSocketProtocol,
         # Frames above this are refused with close code 1009 (message too big).
         ws_max_size=int(os.environ.get("WS_MAX_FRAME_BYTES", str(64 * 1024))),
         # Pings find dead peers; pages also send a frame every second.

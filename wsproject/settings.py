@@ -117,6 +117,14 @@ WS_HISTORY_DEFAULT = env_int("WS_HISTORY_DEFAULT", 600)
 # Seconds after which a server process that stopped refreshing its presence counts is ignored.
 WS_PRESENCE_TTL = env_int("WS_PRESENCE_TTL", 15)
 
+# Limits that keep one client from hurting the others (README: Hostile input).
+WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 64 * 1024)
+WS_RATE_LIMIT = env_int("WS_RATE_LIMIT", 1000)  # frames/s per connection; more are not echoed
+WS_RATE_BURST = env_int("WS_RATE_BURST", 1000)
+WS_RATE_STRIKES = env_int("WS_RATE_STRIKES", 5000)  # frames over the limit within 10 s before a 1008 close
+# Per client address and server process; loopback addresses are exempt.
+WS_MAX_CONNECTIONS_PER_ADDRESS = env_int("WS_MAX_CONNECTIONS_PER_ADDRESS", 100)
+
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
 # The chart library, installed from npm (package.json) by `make run` / `make test` / the Docker build.

@@ -1,0 +1,65 @@
+"""``/healthz`` and ``/metrics``: answered in ASGI before Django, for load balancers and scrapers.
+
+They sit in front of Django on purpose: a probe must work whatever ``Host`` header the prober sends
+(``ALLOWED_HOSTS`` would refuse 127.0.0.1 in production) and must not cost a request cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.layers import get_channel_layer
+from redis.exceptions import RedisError
+
+from echo import connections, metrics
+from echo.layer import RedisFanoutChannelLayer
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+PING_TIMEOUT = 2.0
+
+
+async def health() -> tuple[int, dict[str, Any]]:
+    """200 if this process reaches Redis through the channel layer, else 503 with the reason."""
+    layer = get_channel_layer()
+    try:
+        await asyncio.wait_for(layer.ping(), PING_TIMEOUT)
+    except (RedisError, OSError, TimeoutError) as exc:
+        reason = f"Redis unreachable through the channel layer: {type(exc).__name__}: {exc}".rstrip(": ")
+        return 503, {"status": "unavailable", "reason": reason}
+    return 200, {"status": "ok", "connections": connections.count()}
+
+
+def metrics_text() -> str:
+    layer = get_channel_layer()
+    gauges: list[tuple[str, str, float]] = [
+        ("ws_connections_open", "WebSocket connections open now", connections.count()),
+    ]
+    if isinstance(layer, RedisFanoutChannelLayer):
+        for name, value in layer.stats.as_dict().items():
+            gauges.append((f"layer_{name}", f"Channel layer: {name.replace('_', ' ')} (since start)", value))
+    return metrics.render(gauges)
+
+
+def with_probes(django_app: ASGIApp) -> ASGIApp:
+    """Wrap the HTTP application so that the two probe paths are answered here."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path")
+        if path == "/healthz":
+            status, body = await health()
+            await respond(send, status, json.dumps(body).encode(), b"application/json")
+        elif path == "/metrics":
+            await respond(send, 200, metrics_text().encode(), b"text/plain; version=0.0.4; charset=utf-8")
+        else:
+            await django_app(scope, receive, send)
+
+    return app
+
+
+async def respond(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

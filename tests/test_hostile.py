@@ -1,0 +1,241 @@
+"""Hostile input against the real server processes: each gets its RFC 6455 close code (or an error
+frame), a log line and a count, while the process stays up and other clients are unaffected."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+import websockets
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support import Server, data_frames, next_echo, start_server, timeout
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "scripts"))
+import devenv
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout(10)) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def still_serving(server: Server) -> None:
+    """A well-behaved client still gets its echo, and the process reports itself healthy."""
+    async with websockets.connect(server.ws_url("/ws/echo/?history=0"), origin=server.origin) as ws:
+        await ws.send("still here")
+        assert await next_echo(ws) == "still here"
+    assert server.process.poll() is None
+    status, _ = await asyncio.to_thread(get, server.http_url("/healthz"))
+    assert status == 200
+
+
+async def close_code_of(ws: websockets.ClientConnection) -> tuple[int, list[dict]]:
+    """Read until the server closes; return its close code and the server frames seen before it."""
+    frames: list[dict] = []
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            message = await asyncio.wait_for(ws.recv(), timeout(10))
+            if isinstance(message, str) and message.startswith('{"type":'):
+                frames += data_frames(message)
+    return closed.value.rcvd.code, frames
+
+
+def metric(server: Server, line_start: str) -> float:
+    status, text = get(server.http_url("/metrics"))
+    assert status == 200
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+    return sum(values)
+
+
+async def test_a_frame_above_the_size_limit_is_closed_with_1009(any_server: Server) -> None:
+    async with websockets.connect(
+        any_server.ws_url("/ws/echo/?history=0"), origin=any_server.origin, max_size=None
+    ) as ws:
+        await ws.send("x" * (64 * 1024 + 1))
+        code, _ = await close_code_of(ws)
+    assert code == 1009
+    await still_serving(any_server)
+
+
+async def test_invalid_utf8_in_a_text_frame_is_closed_with_1007(any_server: Server) -> None:
+    async with websockets.connect(any_server.ws_url("/ws/echo/?history=0"), origin=any_server.origin) as ws:
+        await ws.send(b"\xff\xfe not utf-8", text=True)
+        code, _ = await close_code_of(ws)
+    assert code == 1007
+    await still_serving(any_server)
+
+
+async def test_a_flood_is_rate_limited_then_closed_with_1008(server_env: dict[str, str]) -> None:
+    env = {**server_env, "WS_RATE_LIMIT": "20", "WS_RATE_BURST": "20", "WS_RATE_STRIKES": "100"}
+    with start_server(devenv.production_command("127.0.0.1", "0"), env) as server:
+        bystander_url = server.ws_url("/ws/echo/?history=0")
+        async with (
+            websockets.connect(server.ws_url("/ws/echo/?history=0"), origin=server.origin) as flooder,
+            websockets.connect(bystander_url, origin=server.origin) as bystander,
+        ):
+            for n in range(400):
+                await flooder.send(f"flood {n}")
+            code, frames = await close_code_of(flooder)
+            assert code == 1008
+            assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "rate_limited")
+            await bystander.send("unaffected")
+            assert await next_echo(bystander) == "unaffected"
+        assert await asyncio.to_thread(metric, server, 'ws_dropped_total{reason="rate_limit"}') > 100
+        server.output.wait_for(r"WARNING .*rate_limited: more than 20 frames/s")  # the log says it plainly
+        await still_serving(server)
+
+
+async def test_connections_per_address_are_capped_using_the_forwarded_address(
+    server_env: dict[str, str],
+) -> None:
+    env = {**server_env, "WS_MAX_CONNECTIONS_PER_ADDRESS": "2", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    with start_server(devenv.production_command("127.0.0.1", "0"), env) as server:
+        url = server.ws_url("/ws/echo/?history=0")
+        # A proxy on loopback says the client is 198.51.100.7 (a documentation address: no traffic).
+        forwarded = {"X-Forwarded-For": "198.51.100.7"}
+        async with (
+            websockets.connect(url, origin=server.origin, additional_headers=forwarded) as first,
+            websockets.connect(url, origin=server.origin, additional_headers=forwarded) as second,
+            websockets.connect(url, origin=server.origin, additional_headers=forwarded) as third,
+        ):
+            code, frames = await close_code_of(third)
+            assert code == 1008 and frames[-1]["code"] == "too_many_connections"
+            for ws in (first, second):
+                await ws.send("ok")
+                assert await next_echo(ws) == "ok"
+        await still_serving(server)  # loopback clients are exempt
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send raw bytes as a client and return whatever the server answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout(10)) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /ws/echo/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"GET /ws/echo/ HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: not-base64\r\nSec-WebSocket-Version: 99\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Huge: " + b"a" * 200_000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(5000)) + b"\r\n",
+    ],
+    ids=["no-key", "bad-key-and-version", "tls-to-plain-port", "huge-header", "many-headers"],
+)
+async def test_malformed_handshakes_are_refused_and_the_server_stays_up(
+    any_server: Server, request_bytes: bytes
+) -> None:
+    answer = await asyncio.to_thread(raw_exchange, any_server.port, request_bytes)
+    assert b" 101 " not in answer.split(b"\r\n", 1)[0]  # never upgraded
+    await still_serving(any_server)
+
+
+async def test_fuzzing_the_live_server_leaves_it_healthy_and_serving(production_server: Server) -> None:
+    server = production_server
+    rng = random.Random(20261126)
+    queries = [
+        "",
+        "?topics=a,b&history=3",
+        "?topics=%00",
+        "?since=x:y",
+        "?history=99999999",
+        "?" + "a" * 5000,
+    ]
+
+    async def hostile(n: int) -> None:
+        url = server.ws_url("/ws/echo/" + rng.choice(queries))
+        try:
+            async with websockets.connect(
+                url, origin=server.origin, max_size=None, open_timeout=timeout(10)
+            ) as ws:
+                for _ in range(rng.randrange(1, 30)):
+                    kind = rng.randrange(4)
+                    payload = rng.randbytes(rng.choice([0, 1, 100, 5000, 70_000]))
+                    if kind == 0:
+                        await ws.send(payload)
+                    elif kind == 1:
+                        await ws.send(payload.decode("latin-1"))
+                    elif kind == 2:
+                        await ws.send(payload, text=True)  # most likely invalid UTF-8
+                    else:
+                        await ws.send(
+                            json.dumps({"type": "relay.frame", "text": "forged", "group": "topic.prices"})
+                        )
+        except (websockets.ConnectionClosed, websockets.InvalidStatus, OSError):
+            pass  # being closed on is the expected answer to most of this
+
+    async with websockets.connect(server.ws_url("/ws/echo/?history=0"), origin=server.origin) as good:
+        for round_number in range(5):
+            await asyncio.gather(*(hostile(n) for n in range(20)))
+            await good.send(f"round {round_number}")
+            assert await next_echo(good) == f"round {round_number}"
+    await still_serving(server)
+    assert "Traceback" not in server.output.text()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    query=st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            lambda t, h: f"topics={t}&history={h}",
+            st.from_regex(r"[a-z0-9,]{0,20}", fullmatch=True),
+            st.text(max_size=4),
+        ),
+    ),
+    frames=st.lists(st.one_of(st.text(max_size=300), st.binary(max_size=300)), max_size=8),
+)
+def test_random_frames_and_query_strings_get_echoes_or_a_clean_refusal(query: str, frames: list) -> None:
+    """Property: whatever the URL and frames, the consumer either refuses the URL with an error frame
+    and close 1008, or echoes every frame exactly, in order, with nothing else but server frames."""
+    from urllib.parse import quote
+
+    from channels.testing import WebsocketCommunicator
+
+    from wsproject.asgi import application
+
+    async def scenario() -> None:
+        path = "/ws/echo/?" + quote(query, safe="=&,:")
+        client = WebsocketCommunicator(application, path, headers=[(b"origin", b"http://localhost:8000")])
+        connected, _ = await client.connect()
+        assert connected
+        for frame in frames:
+            key = "text" if isinstance(frame, str) else "bytes"
+            await client.send_input({"type": "websocket.receive", key: frame})
+        echoes: list = []
+        while len(echoes) < len(frames):
+            output = await client.receive_output(timeout=3)
+            if output["type"] == "websocket.close":
+                assert output["code"] == 1008
+                return
+            body = output.get("text", output.get("bytes"))
+            if isinstance(body, str) and body.startswith('{"type":"error"'):
+                assert (await client.receive_output(timeout=3))["code"] == 1008
+                return
+            if isinstance(body, str) and any(
+                body.startswith(f'{{"type":"{t}"') for t in ("presence", "data", "reset")
+            ):
+                continue
+            echoes.append(body)
+        assert echoes == frames
+        await client.disconnect()
+
+    asyncio.run(scenario())
