@@ -10,6 +10,8 @@ from collections import Counter
 class FrameRateLimit:
     """A token bucket for one connection's frames: ``rate`` per second, bursts up to ``burst``.
 
+    A ``rate`` of 0 switches the limit off (benchmarks measure raw echo capacity that way).
+
     ``allow()`` says whether a frame may be handled; refused frames are "strikes", and more than
     ``max_strikes`` of them within ``window`` seconds is abuse: the connection is then closed.
     """
@@ -25,6 +27,8 @@ class FrameRateLimit:
         self.window_start = self.updated
 
     def allow(self) -> bool:
+        if self.rate <= 0:
+            return True  # limit switched off
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
