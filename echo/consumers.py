@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -60,41 +61,35 @@ class EchoConsumer(AsyncWebsocketConsumer):
         fell behind gets one frame carrying all it missed instead of one frame per message.
         """
         self.scope = scope
-
-        async def base_send(message: dict[str, Any]) -> None:
-            try:
-                await send(message)
-            except RuntimeError as exc:
-                # The server closed the socket itself (a frame too big, invalid UTF-8) while frames
-                # it had already passed on were still queued for us: what is left has nowhere to go.
-                if "websocket.close" not in str(exc):
-                    raise
-                self.closing = True
-
-        self.base_send = base_send
+        self.base_send = send
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
-        self.last_seq: dict[str, int] = {}
+        self.last_seq: dict[str, int] = {}  # per group: the highest seq sent to this client
         self.rate = FrameRateLimit(
             rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
         )
-        client = asyncio.ensure_future(self._client_loop(receive))
+        # One task per connection besides the server's own: fewer tasks, less memory per client.
         layer = asyncio.ensure_future(self._layer_loop())
+        layer.add_done_callback(functools.partial(self._layer_loop_ended, asyncio.current_task()))
         try:
-            await asyncio.wait([client, layer], return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                message = await receive()
+                async with self._turn:
+                    await self.dispatch(message)
+        except StopConsumer:
+            pass
         finally:
-            for task in (client, layer):
-                task.cancel()
-            for task in (client, layer):
-                with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-                    await task
+            layer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await layer
 
-    async def _client_loop(self, receive: Any) -> None:
-        while True:
-            message = await receive()
-            async with self._turn:
-                await self.dispatch(message)
+    def _layer_loop_ended(self, connection: asyncio.Task[Any] | None, layer: asyncio.Task[None]) -> None:
+        """A layer loop only ends by being cancelled; if a bug ended it, end the connection too."""
+        if not layer.cancelled() and layer.exception() is not None and connection is not None:
+            logger.error("Relaying to %s failed", self.scope.get("client"), exc_info=layer.exception())
+            metrics.inc("ws_errors_total", "relay")
+            connection.cancel()
 
     async def _layer_loop(self) -> None:
         layer, channel = self.channel_layer, self.channel_name
@@ -227,31 +222,42 @@ class EchoConsumer(AsyncWebsocketConsumer):
         else:
             counter, entries = await self.channel_layer.group_history(group, last=history)
         # After a reset the numbering started again (Redis lost its data): forget what was sent.
-        previous = 0 if reset else self.last_seq.get(topic, 0)
+        previous = 0 if reset else self.last_seq.get(group, 0)
         replayed = [as_replay(text) for seq, text in entries if seq > previous]
         metrics.inc("ws_messages_replayed_total", amount=len(replayed))
         frames.extend(replayed)
-        self.last_seq[topic] = max(counter, previous)
+        self.last_seq[group] = max(counter, previous)
         return frames
+
+    async def send_frame(self, message: dict[str, Any]) -> None:
+        """Send one ASGI ``websocket.send`` message: the hot path, without the base class's layers."""
+        try:
+            await self.base_send(message)
+        except RuntimeError as exc:
+            # The server closed the socket itself (a frame too big, invalid UTF-8) while frames it
+            # had already passed on were still queued for us: what is left has nowhere to go.
+            if "websocket.close" not in str(exc):
+                raise
+            self.closing = True
 
     async def send_batched(self, frames: list[str]) -> None:
         """Send frames newline-joined in as few text frames as ``BATCH_CHARS`` allows."""
         if len(frames) == 1:
             metrics.inc("ws_frames_out_total")
-            await self.send(text_data=frames[0])
+            await self.send_frame({"type": "websocket.send", "text": frames[0]})
             return
         batch: list[str] = []
         size = 0
         for frame in frames:
             if batch and size + len(frame) > BATCH_CHARS:
                 metrics.inc("ws_frames_out_total")
-                await self.send(text_data="\n".join(batch))
+                await self.send_frame({"type": "websocket.send", "text": "\n".join(batch)})
                 batch, size = [], 0
             batch.append(frame)
             size += len(frame) + 1
         if batch:
             metrics.inc("ws_frames_out_total")
-            await self.send(text_data="\n".join(batch))
+            await self.send_frame({"type": "websocket.send", "text": "\n".join(batch)})
 
     # ------------------------------------------------------------ client frames
 
@@ -284,9 +290,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
             return
         metrics.inc("ws_frames_out_total")
         if text_data is not None:
-            await self.send(text_data=text_data)
+            await self.send_frame({"type": "websocket.send", "text": text_data})
         else:
-            await self.send(bytes_data=bytes_data)
+            await self.send_frame({"type": "websocket.send", "bytes": bytes_data})
 
     # ------------------------------------------------------------ channel-layer events
 
@@ -301,15 +307,15 @@ class EchoConsumer(AsyncWebsocketConsumer):
         """The text to relay for a pushed message, or None for a numbered one already sent (replayed)."""
         seq = event.get("seq")
         if seq is not None:
-            topic = group_topic(event["group"])
-            if seq <= self.last_seq.get(topic, 0):
+            group = event["group"]
+            if seq <= self.last_seq.get(group, 0):
                 return None
-            self.last_seq[topic] = seq
+            self.last_seq[group] = seq
         return event["text"]
 
     async def layer_resync(self, event: dict[str, Any]) -> None:
         """Called after the server reconnected to Redis: send what was published while it was away."""
-        await self.replay(dict(self.last_seq), history=0)
+        await self.replay({group_topic(group): seq for group, seq in self.last_seq.items()}, history=0)
 
     async def layer_overflow(self, event: dict[str, Any]) -> None:
         """Called when this client fell so far behind that the layer dropped its queue: close it.

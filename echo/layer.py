@@ -545,6 +545,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
 
     def _deliver(self, state: _LoopState, channels: Iterable[str], event: dict[str, Any]) -> None:
         """Put one (shared, read-only) event into each channel's queue; overflow empties a queue."""
+        delivered = 0
         for name in channels:
             local = state.channels.get(name)
             if local is None:
@@ -552,8 +553,10 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             if len(local.events) >= local.capacity:
                 self._overflow(name, local)
             local.events.append(event)
-            local.wake()
-            self.stats.delivered += 1
+            if local.waiter is not None and not local.waiter.done():
+                local.waiter.set_result(None)
+            delivered += 1
+        self.stats.delivered += delivered
 
     def _overflow(self, name: str, local: _Channel) -> None:
         dropped = sum(1 for event in local.events if event.get("type") != OVERFLOW_EVENT)

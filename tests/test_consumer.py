@@ -18,11 +18,23 @@ from wsproject.asgi import application
 ORIGIN = (b"origin", b"http://localhost:8000")
 
 
+def without_presence(output: dict) -> dict | None:
+    """``output`` with presence frames (which come on their own schedule) removed; None if nothing is left.
+
+    Relayed frames that queued up together arrive newline-joined in one text frame.
+    """
+    text = output.get("text")
+    if text is None or not text.startswith("{"):
+        return output
+    kept = [line for line in text.split("\n") if not line.startswith('{"type":"presence"')]
+    return {**output, "text": "\n".join(kept)} if kept else None
+
+
 async def next_output(communicator: WebsocketCommunicator, seconds: float = 5) -> dict:
-    """The next thing the consumer sends, skipping presence frames, which come on their own schedule."""
+    """The next thing the consumer sends, leaving out presence frames."""
     while True:
-        output = await communicator.receive_output(timeout=seconds)
-        if not output.get("text", "").startswith('{"type":"presence"'):
+        output = without_presence(await communicator.receive_output(timeout=seconds))
+        if output is not None:
             return output
 
 
@@ -38,8 +50,7 @@ async def nothing_but_presence(communicator: WebsocketCommunicator, seconds: flo
     (receive_output would cancel the application when it times out; receive_nothing does not.)
     """
     while not await communicator.receive_nothing(timeout=seconds):
-        output = await communicator.receive_output()
-        if not output.get("text", "").startswith('{"type":"presence"'):
+        if without_presence(await communicator.receive_output()) is not None:
             return False
     return True
 
