@@ -63,6 +63,18 @@ class OutputWatcher:
         except queue.Empty:
             raise AssertionError(f"no line matching /{pattern}/ within {seconds} s:\n{self.text()}") from None
 
+    def wait_for_count(self, pattern: str, count: int, seconds: float = 10.0) -> None:
+        """Wait until ``count`` lines have matched ``pattern``."""
+        regex = re.compile(pattern)
+        try:
+            while sum(1 for line in self.lines if regex.search(line)) < count:
+                line = self._queue.get(timeout=timeout(seconds))
+                if line is None:
+                    raise AssertionError(f"process exited before {count} lines matched /{pattern}/")
+                self.lines.append(line)
+        except queue.Empty:
+            raise AssertionError(f"fewer than {count} lines matched /{pattern}/ in {seconds} s") from None
+
     def drain(self, seconds: float = 10.0) -> str:
         """Wait for the process to finish writing; return everything it wrote."""
         self._thread.join(timeout(seconds))

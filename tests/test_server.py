@@ -15,7 +15,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.support import OutputWatcher, Server, data_frames, next_echo, spawn, stop, timeout
+from tests.conftest import SERVER_COMMANDS
+from tests.support import OutputWatcher, Server, data_frames, next_echo, spawn, start_server, stop, timeout
 
 
 async def data_frames_from(ws: websockets.ClientConnection, count: int, seconds: float = 15):
@@ -122,3 +123,12 @@ async def test_the_server_stops_cleanly(any_server: Server) -> None:
     # uvicorn re-raises the signal after its graceful shutdown, as a shell expects (exit 130).
     assert await asyncio.to_thread(stop, any_server.process) in {0, -signal.SIGINT}
     assert "Traceback" not in any_server.output.drain()
+
+
+async def test_the_production_server_runs_several_workers(server_env: dict[str, str]) -> None:
+    env = {**server_env, "WEB_CONCURRENCY": "2"}
+    with start_server(SERVER_COMMANDS["production"], env) as server:
+        server.output.wait_for_count(r"Worker \d+ accepting connections", 2, 30)
+        async with websockets.connect(server.ws_url("/ws/echo/?history=0"), origin=server.origin) as ws:
+            await ws.send("two workers")
+            assert await next_echo(ws) == "two workers"

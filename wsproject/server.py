@@ -21,6 +21,7 @@ import socket
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.supervisors import multiprocess
 from websockets.protocol import State
 
 from echo import connections, metrics
@@ -92,6 +93,11 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 class GracefulServer(uvicorn.Server):
     """uvicorn's server, closing WebSockets with 1001 before its own shutdown (which would use 1012)."""
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets:  # a worker sharing the supervisor's socket: uvicorn says nothing once it listens
+            logger.info("Worker %d accepting connections", os.getpid())
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()
@@ -99,6 +105,16 @@ class GracefulServer(uvicorn.Server):
         if left:
             uvicorn.config.logger.warning("%d WebSocket connections did not close in time", left)
         await super().shutdown(sockets)
+
+
+class GracefulWorker(multiprocess.Process):
+    """One of uvicorn's worker processes, running a ``GracefulServer`` instead of its own server."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = GracefulServer(config=self.config)
+        return self._server
 
 
 def config(host: str, port: int, workers: int) -> uvicorn.Config:
@@ -132,13 +148,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
     args = parser.parse_args()
+    # Django configures logging in each worker when it loads the app; this covers the supervisor.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config(args.host, args.port, args.workers)
     server = GracefulServer(cfg)
     # uvicorn re-raises Ctrl-C's SIGINT once it has shut down gracefully: no traceback for that.
     with contextlib.suppress(KeyboardInterrupt):
         if cfg.workers > 1:
-            sock = cfg.bind_socket()
-            uvicorn.supervisors.Multiprocess(cfg, target=server.run, sockets=[sock]).run()
+            # uvicorn's supervisor makes its workers by this name; they unpickle it from this module.
+            multiprocess.Process = GracefulWorker  # type: ignore[misc]
+            multiprocess.Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
         else:
             server.run()
 
