@@ -138,17 +138,23 @@ def test_the_page_reconnects_by_itself_after_a_server_restart(server_env: dict[s
         open_page(page, first)
         push_data(server_env, "--topic", "prices", "--count", "5", "--rate", "50")
         page.wait_for_function("() => window.liveChart.count('prices') >= 5", timeout=ms(30))
+        before = page.evaluate("window.liveChart.count('prices')")
 
         # Chromium logs each refused reconnect attempt itself while the server is down.
         page.console.allowed.append(WEBSOCKET_FAILED)
         servers.stop()
         expect(page.locator("#status")).to_have_text(re.compile(r"^reconnecting in \d+ s$"), timeout=ms(20))
+        # Published while the page has no server: it must get these from history when it is back.
+        push_data(server_env, "--topic", "prices", "--count", "7", "--rate", "50")
         servers.start(first.port)
         expect(page.locator("#status")).to_have_text("open", timeout=ms(40))
 
         started = time.time()
         push_data(server_env, "--topic", "prices", "--count", "10", "--rate", "50")
         page.wait_for_function(POINTS_SINCE_AT_LEAST, arg=[started, 10], timeout=ms(30))
+        # No hole and no duplicate: exactly the 7 missed and the 10 new points were added.
+        page.wait_for_function(f"() => window.liveChart.count('prices') >= {before + 17}", timeout=ms(30))
+        assert page.evaluate("window.liveChart.count('prices')") == before + 17
         urls = page.evaluate("window.__ws.urls")
         assert len(urls) >= 2
         assert re.search(r"[?&]since=prices:\d+", urls[-1]), urls[-1]
