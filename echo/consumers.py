@@ -107,12 +107,13 @@ class EchoConsumer(AsyncWebsocketConsumer):
                 if text is not None:
                     texts.append(text)
                 continue
-            if texts:
-                metrics.inc("ws_messages_relayed_total", amount=len(texts))
-                await self.send_batched(texts)
-                texts = []
+            await self._relay(texts)  # what came before another event goes out before it
+            texts = []
             await self.dispatch(event)
-        if texts:
+        await self._relay(texts)
+
+    async def _relay(self, texts: list[str]) -> None:
+        if texts and not self.closing:
             metrics.inc("ws_messages_relayed_total", amount=len(texts))
             await self.send_batched(texts)
 
@@ -296,15 +297,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------ channel-layer events
 
-    async def relay_frame(self, event: dict[str, Any]) -> None:
-        """Called for a pushed message on its own: forward its pre-encoded JSON text unchanged."""
-        text = self._relay_text(event)
-        if text is not None:
-            metrics.inc("ws_messages_relayed_total")
-            await self.send_batched([text])
-
     def _relay_text(self, event: dict[str, Any]) -> str | None:
-        """The text to relay for a pushed message, or None for a numbered one already sent (replayed)."""
+        """The pre-encoded text of a pushed message, relayed unchanged; None if already sent (replayed)."""
         seq = event.get("seq")
         if seq is not None:
             group = event["group"]

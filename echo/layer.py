@@ -23,6 +23,10 @@ Limits, on purpose:
   emptied, the drop is counted in ``stats`` and logged, and the consumer receives one ``OVERFLOW_EVENT``
   so that it can tell its client (which then knows it missed data) instead of losing data silently.
 * One Redis server (no sharding); scale Redis vertically or use a Redis that shards pub/sub itself.
+
+The "numbered" extension (``group_send_numbered``, ``group_history``) adds what plain ``group_send``
+cannot: one sequence number per group shared by every publisher, and a bounded history in a Redis
+stream, both in the same order as live delivery (one Lua script does all three).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from tests.browser import (
     require_frontend,
     restartable_server,
 )
-from tests.support import Server
+from tests.support import ROOT, Server
 
 pytestmark = pytest.mark.browser
 
@@ -304,3 +304,37 @@ def test_after_1013_the_page_reconnects_asking_for_what_it_missed(server: Server
     assert "since" not in urls[0]
     assert "since=prices:3" in urls[1]
     page.console.assert_clean()
+
+
+def test_the_original_tutorial_page_works_with_only_its_port_changed(server: Server, page: Any) -> None:
+    """The tutorial's own page (tests/fixtures, as published), served from another localhost port as a
+    reader would, connects to this server's root and shows its `*` echoed back."""
+    import functools
+    import http.server
+    import threading
+
+    original = (ROOT / "tests" / "fixtures" / "tutorial_websock.html").read_text()
+    assert "const portnum = 8001;" in original
+    html = original.replace("const portnum = 8001;", f"const portnum = {server.port};").encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=functools.partial(httpd.serve_forever, 0.05), daemon=True).start()
+    try:
+        page.goto(f"http://localhost:{httpd.server_address[1]}/websock.html")
+        page.click("input[value=Connect]")
+        # After "Connected" come the pushed frames (presence, data) and the echoed heartbeats.
+        echoed = "() => (document.myform.text.value.split('Connected\\n')[1] || '').includes('*')"
+        page.wait_for_function(echoed, timeout=ms(20))
+        assert f"ws://localhost:{server.port}/" in page.evaluate("document.myform.text.value")
+    finally:
+        httpd.shutdown()
