@@ -94,6 +94,8 @@ class ServerSpec:
         if self.is_baseline:
             return "baseline (websockets)"
         name = Path(self.command(0)[0]).name
+        if name.startswith("python"):  # `python -m wsproject.server`, what `make serve` runs
+            name = "uvicorn (make serve)"
         return f"{name} x{self.workers}" if name == "uvicorn" and self.workers > 1 else name
 
 
