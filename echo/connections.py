@@ -9,6 +9,11 @@ from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
+# ASGI extension the production server (wsproject/server.py) offers in a WebSocket's scope: a function
+# that writes a text frame now, if the socket is open and writable, and says whether it did. Consumers
+# on other servers use the normal ``send``.
+DIRECT_SEND_TEXT = "x-direct-send-text"
+
 # RFC 6455: the server is going away; clients reconnect (to another replica behind the balancer).
 CLOSE_GOING_AWAY = 1001
 

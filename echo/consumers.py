@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -16,6 +17,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from echo import connections, metrics
+from echo.connections import DIRECT_SEND_TEXT
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
 from echo.protocol import (
@@ -66,6 +68,10 @@ class EchoConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self._turn = asyncio.Lock()
         self.last_seq: dict[str, int] = {}  # per group: the highest seq sent to this client
+        direct_send = (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT)
+        if direct_send is not None:
+            deliver = functools.partial(self._deliver_directly, direct_send)
+            self.channel_layer.set_direct_delivery(self.channel_name, deliver)
         self.rate = FrameRateLimit(
             rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
         )
@@ -83,6 +89,26 @@ class EchoConsumer(AsyncWebsocketConsumer):
             layer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await layer
+
+    def _deliver_directly(self, direct_send: Callable[[str], bool], event: dict[str, Any]) -> bool:
+        """Called by the layer's reader with a new event while this consumer's queue is empty.
+
+        Sends a pushed message right away, without waking this connection's task, when nothing else
+        is in progress here (any handler running holds ``_turn``); returns False to have it queued.
+        """
+        if event["type"] != RELAY_EVENT or self._turn.locked() or self.closing:
+            return False
+        seq = event.get("seq")
+        group = event.get("group", "")
+        if seq is not None and seq <= self.last_seq.get(group, 0):
+            return True  # already sent from history: dropped
+        if not direct_send(event["text"]):
+            return False
+        if seq is not None:
+            self.last_seq[group] = seq
+        metrics.inc("ws_messages_relayed_total")
+        metrics.inc("ws_frames_out_total")
+        return True
 
     def _layer_loop_ended(self, connection: asyncio.Task[Any] | None, layer: asyncio.Task[None]) -> None:
         """A layer loop only ends by being cancelled; if a bug ended it, end the connection too."""

@@ -39,7 +39,7 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
@@ -107,10 +107,12 @@ class LayerStats:
 class _Channel:
     """One local channel: a bounded deque of events and a waiter woken when one arrives."""
 
-    __slots__ = ("capacity", "events", "groups", "waiter")
+    __slots__ = ("capacity", "direct", "events", "groups", "waiter")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        # Set by a consumer that can take an event synchronously (see set_direct_delivery).
+        self.direct: Callable[[dict[str, Any]], bool] | None = None
         self.events: collections.deque[dict[str, Any]] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         self.groups: set[str] = set()
@@ -141,6 +143,8 @@ class _LoopState:
         self.connected = asyncio.Event()
         # True from a failed connection until the next success: group_add then does not wait.
         self.failing = False
+        # True while the reader has more messages waiting than the one it delivers.
+        self.behind = False
 
 
 class RedisFanoutChannelLayer(BaseChannelLayer):
@@ -272,6 +276,19 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             await self._forget_channel(state, channel)
             raise
         return local.events.popleft()
+
+    def set_direct_delivery(self, channel: str, deliver: Callable[[dict[str, Any]], bool]) -> None:
+        """Let a local channel's consumer take events synchronously, in the reader's own loop.
+
+        When the channel's queue is empty, the layer offers each new event to ``deliver`` first; if it
+        returns True the event was handled (sent, or dropped as a duplicate) and is not queued. This
+        spares a task wake-up per member per message, which is what fan-out to thousands costs.
+        ``deliver`` must not block, and must return False whenever the consumer is busy, so that
+        events stay in order.
+        """
+        local = self._state().channels.get(channel)
+        if local is not None:
+            local.direct = deliver
 
     def receive_nowait_all(self, channel: str) -> list[dict[str, Any]]:
         """Take every event already waiting for a local channel, without waiting (for batching)."""
@@ -496,7 +513,11 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
                 while True:
                     raise_if_cancelling()
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    while message is not None:
+                        # More already waiting means we are behind: queue rather than send directly,
+                        # so that each consumer sends what piled up in one frame (see _deliver).
+                        following = await pubsub.get_message(timeout=0)
+                        state.behind = following is not None
                         self._on_redis_message(state, message)
                         if message["type"] == "subscribe" and not state.connected.is_set():
                             state.connected.set()
@@ -508,6 +529,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
                                 self._deliver(state, list(state.channels), {"type": RESYNC_EVENT})
                             state.failing = False
                             backoff = RECONNECT_BACKOFF_FIRST
+                        message = following
+                    state.behind = False
             except (RedisError, OSError) as exc:
                 if state.connected.is_set():
                     self.stats.redis_disconnects += 1
@@ -554,6 +577,14 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             local = state.channels.get(name)
             if local is None:
                 continue
+            if (
+                not local.events
+                and local.direct is not None
+                and not state.behind
+                and self._deliver_directly(name, local, event)
+            ):
+                delivered += 1
+                continue
             if len(local.events) >= local.capacity:
                 self._overflow(name, local)
             local.events.append(event)
@@ -561,6 +592,15 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
                 local.waiter.set_result(None)
             delivered += 1
         self.stats.delivered += delivered
+
+    def _deliver_directly(self, name: str, local: _Channel, event: dict[str, Any]) -> bool:
+        assert local.direct is not None
+        try:
+            return local.direct(event)
+        except Exception:  # a consumer's bug must not stop delivery to everyone else
+            logger.exception("Direct delivery to %s failed; queueing instead", name)
+            local.direct = None
+            return False
 
     def _overflow(self, name: str, local: _Channel) -> None:
         dropped = sum(1 for event in local.events if event.get("type") != OVERFLOW_EVENT)

@@ -22,9 +22,12 @@ import socket
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.supervisors import multiprocess
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
 from websockets.protocol import State
 
 from echo import connections, metrics
+from echo.connections import DIRECT_SEND_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,31 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     stall_seconds = float(os.environ.get("WS_STALL_SECONDS", "10"))
     _stall_timer: asyncio.TimerHandle | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        self.scope["extensions"][DIRECT_SEND_TEXT] = self.direct_send_text  # type: ignore[index]
+
+    def direct_send_text(self, text: str) -> bool:
+        """Write a text frame now if the connection is open and writable; else False (use send()).
+
+        What ``send({"type": "websocket.send", "text": ...})`` does, without a coroutine, so that the
+        channel layer can fan a message out to thousands of sockets in one synchronous loop.
+        """
+        if (
+            self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or self.initial_response is not None
+            or not self.writable.is_set()
+        ):
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def pause_writing(self) -> None:
         super().pause_writing()
