@@ -60,7 +60,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
         message (over half the server's CPU at 1,000 clients x 50 messages/s). Here one long-lived
         loop reads the client and one reads the layer; a lock keeps handlers strictly one at a time,
         as Channels does; and layer events already waiting are handled together, so a client that
-        fell behind gets one frame carrying all it missed instead of one frame per message.
+        fell behind gets one frame carrying all it missed instead of one frame per message. On the
+        production server, the layer writes pushed messages to an idle connection itself
+        (``_deliver_directly``), so most messages never wake this connection's tasks at all.
         """
         self.scope = scope
         self.base_send = send

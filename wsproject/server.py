@@ -60,6 +60,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             or not self.handshake_complete
             or self.initial_response is not None
             or not self.writable.is_set()
+            or self.transport.is_closing()
         ):
             return False
         try:
