@@ -95,12 +95,6 @@ def encode_data_frame_around_seq(topic: str, ts: float, values: Mapping[str, flo
     return before, after
 
 
-def encode_data_frame(topic: str, seq: int, ts: float, values: Mapping[str, float | int]) -> str:
-    """Encode one data frame as compact JSON text, the form every client receives."""
-    before, after = encode_data_frame_around_seq(topic, ts, values)
-    return f"{before}{seq}{after}"
-
-
 def as_replay(text: str) -> str:
     """Mark an encoded data frame as replayed from history: ``"replay": true`` added at its end."""
     return text[:-1] + ',"replay":true}'

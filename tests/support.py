@@ -14,10 +14,11 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,6 @@ class Server:
     output: OutputWatcher
     port: int
     host: str = "127.0.0.1"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def http_url(self, path: str = "/") -> str:
         return f"http://{self.host}:{self.port}{path}"
@@ -166,10 +166,6 @@ def start_server(command: Sequence[str], env: dict[str, str], ready: str = LISTE
         stop(process)
 
 
-def python_command(*args: str) -> list[str]:
-    return [sys.executable, *args]
-
-
 SERVER_FRAME_TYPES = ("data", "presence", "reset", "error")
 
 
@@ -184,6 +180,15 @@ async def next_echo(ws: Any, seconds: float = 5.0) -> str | bytes:
         message = await asyncio.wait_for(ws.recv(), timeout(seconds))
         if not is_server_frame(message):
             return message
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET ``url``; return its status and body, for error statuses too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout(10)) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def data_frames(text: str) -> list[dict[str, Any]]:

@@ -17,24 +17,29 @@ import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
 
+import devenv
 import psutil
 import pytest
 import websockets
 
-from tests.support import OutputWatcher, Server, data_frames, next_echo, spawn, start_server, stop, timeout
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "scripts"))
-import devenv
+from tests.support import (
+    OutputWatcher,
+    Server,
+    data_frames,
+    http_get,
+    next_echo,
+    spawn,
+    start_server,
+    stop,
+    timeout,
+)
 
 PUSH = [sys.executable, "manage.py", "push_data", "--source", "sine"]
 
 
 def get(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout(10)) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+    status, body = http_get(url)
+    return status, json.loads(body or "{}")
 
 
 class RedisProcess:

@@ -7,27 +7,14 @@ import asyncio
 import json
 import random
 import socket
-import sys
-import urllib.error
-import urllib.request
 
+import devenv
 import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Server, data_frames, next_echo, start_server, timeout
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "scripts"))
-import devenv
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout(10)) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+from tests.support import Server, data_frames, http_get, next_echo, start_server, timeout
 
 
 async def still_serving(server: Server) -> None:
@@ -36,7 +23,7 @@ async def still_serving(server: Server) -> None:
         await ws.send("still here")
         assert await next_echo(ws) == "still here"
     assert server.process.poll() is None
-    status, _ = await asyncio.to_thread(get, server.http_url("/healthz"))
+    status, _ = await asyncio.to_thread(http_get, server.http_url("/healthz"))
     assert status == 200
 
 
@@ -52,7 +39,7 @@ async def close_code_of(ws: websockets.ClientConnection) -> tuple[int, list[dict
 
 
 def metric(server: Server, line_start: str) -> float:
-    status, text = get(server.http_url("/metrics"))
+    status, text = http_get(server.http_url("/metrics"))
     assert status == 200
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
     return sum(values)
