@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -52,34 +51,37 @@ class EchoConsumer(AsyncWebsocketConsumer):
     joined = False
     closing = False
     counted_address: str | None = None
+    # The task handling queued layer events, while there are any (see _events_queued).
+    _drainer: asyncio.Task[None] | None = None
+    _direct_send: Callable[[str], bool]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the connection: client frames and channel-layer events, handled one at a time.
 
         Replaces Channels' ``await_many_dispatch``, which makes a task and an ``asyncio.wait`` per
-        message (over half the server's CPU at 1,000 clients x 50 messages/s). Here one long-lived
-        loop reads the client and one reads the layer; a lock keeps handlers strictly one at a time,
-        as Channels does; and layer events already waiting are handled together, so a client that
-        fell behind gets one frame carrying all it missed instead of one frame per message. On the
-        production server, the layer writes pushed messages to an idle connection itself
-        (``_deliver_directly``), so most messages never wake this connection's tasks at all.
+        message (over half the server's CPU at 1,000 clients x 50 messages/s). Here one loop reads
+        the client; layer events are handled by a task that exists only while events are queued;
+        a lock keeps handlers strictly one at a time, as Channels does; and layer events already
+        waiting are handled together, so a client that fell behind gets one frame carrying all it
+        missed instead of one frame per message. On the production server, the layer writes pushed
+        messages to an idle connection itself (``_deliver_directly``), so most messages never start
+        a task at all. An idle connection has no task of its own besides the server's.
         """
         self.scope = scope
         self.base_send = send
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
+        self._connection = asyncio.current_task()
         self._turn = asyncio.Lock()
         self.last_seq: dict[str, int] = {}  # per group: the highest seq sent to this client
+        self.channel_layer.on_queued(self.channel_name, self._events_queued)
         direct_send = (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT)
         if direct_send is not None:
-            deliver = functools.partial(self._deliver_directly, direct_send)
-            self.channel_layer.set_direct_delivery(self.channel_name, deliver)
+            self._direct_send = direct_send
+            self.channel_layer.set_direct_delivery(self.channel_name, self._deliver_directly)
         self.rate = FrameRateLimit(
             rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
         )
-        # One task per connection besides the server's own: fewer tasks, less memory per client.
-        layer = asyncio.ensure_future(self._layer_loop())
-        layer.add_done_callback(functools.partial(self._layer_loop_ended, asyncio.current_task()))
         try:
             while True:
                 message = await receive()
@@ -88,23 +90,26 @@ class EchoConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         finally:
-            layer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await layer
+            if self._drainer is not None:
+                self._drainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._drainer
+            await self.channel_layer.forget_channel(self.channel_name)
 
-    def _deliver_directly(self, direct_send: Callable[[str], bool], event: dict[str, Any]) -> bool:
+    def _deliver_directly(self, event: dict[str, Any]) -> bool:
         """Called by the layer's reader with a new event while this consumer's queue is empty.
 
         Sends a pushed message right away, without waking this connection's task, when nothing else
-        is in progress here (any handler running holds ``_turn``); returns False to have it queued.
+        is in progress or pending here (a handler running holds ``_turn``; queued events have a
+        drainer until they are sent); returns False to have it queued, so that order is kept.
         """
-        if event["type"] != RELAY_EVENT or self._turn.locked() or self.closing:
+        if event["type"] != RELAY_EVENT or self._drainer is not None or self._turn.locked() or self.closing:
             return False
         seq = event.get("seq")
         group = event.get("group", "")
         if seq is not None and seq <= self.last_seq.get(group, 0):
             return True  # already sent from history: dropped
-        if not direct_send(event["text"]):
+        if not self._direct_send(event["text"]):
             return False
         if seq is not None:
             self.last_seq[group] = seq
@@ -112,19 +117,26 @@ class EchoConsumer(AsyncWebsocketConsumer):
         metrics.inc("ws_frames_out_total")
         return True
 
-    def _layer_loop_ended(self, connection: asyncio.Task[Any] | None, layer: asyncio.Task[None]) -> None:
-        """A layer loop only ends by being cancelled; if a bug ended it, end the connection too."""
-        if not layer.cancelled() and layer.exception() is not None and connection is not None:
-            logger.error("Relaying to %s failed", self.scope.get("client"), exc_info=layer.exception())
-            metrics.inc("ws_errors_total", "relay")
-            connection.cancel()
+    def _events_queued(self) -> None:
+        """Called by the layer when an event is queued for this consumer: start draining, if not yet."""
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_layer_events())
 
-    async def _layer_loop(self) -> None:
+    async def _drain_layer_events(self) -> None:
+        """Handle queued layer events, batch by batch, until none is left; then end."""
         layer, channel = self.channel_layer, self.channel_name
-        while True:
-            events = [await layer.receive(channel), *layer.receive_nowait_all(channel)]
-            async with self._turn:
-                await self.handle_layer_events(events)
+        try:
+            while events := layer.receive_nowait_all(channel):
+                async with self._turn:
+                    await self.handle_layer_events(events)
+        except Exception:
+            # A bug, not the client's doing: end the connection rather than leave it deaf.
+            logger.exception("Relaying to %s failed", self.scope.get("client"))
+            metrics.inc("ws_errors_total", "relay")
+            if self._connection is not None:
+                self._connection.cancel()
+        finally:
+            self._drainer = None
 
     async def handle_layer_events(self, events: list[dict[str, Any]]) -> None:
         """Called with every layer event waiting: relay frames go out newline-joined in one frame."""
@@ -262,6 +274,10 @@ class EchoConsumer(AsyncWebsocketConsumer):
         """Send one ASGI ``websocket.send`` message: the hot path, without the base class's layers."""
         try:
             await self.base_send(message)
+        except OSError:
+            # The client went away while this was on its way (ASGI servers raise an OSError then);
+            # the disconnect event that follows ends this consumer.
+            self.closing = True
         except RuntimeError as exc:
             # The server closed the socket itself (a frame too big, invalid UTF-8) while frames it
             # had already passed on were still queued for us: what is left has nowhere to go.

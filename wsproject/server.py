@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -28,6 +29,7 @@ from websockets.protocol import State
 
 from echo import connections, metrics
 from echo.connections import DIRECT_SEND_TEXT
+from wsproject.primitives import Flag, ReceiveQueue
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,25 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     stall_seconds = float(os.environ.get("WS_STALL_SECONDS", "10"))
     _stall_timer: asyncio.TimerHandle | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter stand-ins for asyncio's Queue and Event: 3.7 KB less per connection.
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         self.scope["extensions"][DIRECT_SEND_TEXT] = self.direct_send_text  # type: ignore[index]
+
+    def start_keepalive(self) -> None:
+        """Called once, when the handshake's response has been sent."""
+        # The parsed request and response, headers and all, are not needed after this point, but
+        # uvicorn keeps them for the connection's life, and so does websockets' parser (a local
+        # variable of its generator): emptying the headers frees 3 KB per client.
+        self.request.headers.clear()
+        self.request = self.response = None
+        super().start_keepalive()
 
     def direct_send_text(self, text: str) -> bool:
         """Write a text frame now if the connection is open and writable; else False (use send()).
