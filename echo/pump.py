@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from echo.broadcast import Publisher
 from echo.feeds import BadLine, Values, parse_line
-from echo.layer import redact_url
+from echo.layer import raise_if_cancelling, redact_url
 from echo.protocol import FrameError
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ class Pump:
         if count is not None and count <= 0:
             return
         async for item in values:
+            # Ctrl-C cancels this task, but a cancellation that lands as a Redis call completes can
+            # be swallowed on its way out (asyncio.wait_for before Python 3.12): check each time.
+            raise_if_cancelling()
             if await self._publish_until_sent(item):
                 self.sent += 1
                 if count is not None and self.sent >= count:

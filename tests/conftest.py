@@ -82,6 +82,12 @@ SERVER_COMMANDS = {
 }
 
 
+@pytest.fixture(params=sorted(SERVER_COMMANDS))
+def server_command(request: pytest.FixtureRequest) -> list[str]:
+    """Each server users run, in turn, for tests that start it with settings of their own."""
+    return SERVER_COMMANDS[request.param]
+
+
 @pytest.fixture
 def server(server_env: dict[str, str]) -> Iterator[Server]:
     """`manage.py runserver` (daphne) in its own process on a free port: what `make run` serves."""

@@ -191,6 +191,14 @@ def http_get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
+def metric(server: Server, line_start: str) -> float:
+    """The sum of the server's /metrics values on lines starting with ``line_start``."""
+    status, text = http_get(server.http_url("/metrics"))
+    assert status == 200
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+    return sum(values)
+
+
 def data_frames(text: str) -> list[dict[str, Any]]:
     """Parse a text frame that may carry several newline-separated JSON data frames."""
     return [json.loads(line) for line in text.split("\n") if line]

@@ -27,6 +27,7 @@ from tests.support import (
     Server,
     data_frames,
     http_get,
+    metric,
     next_echo,
     spawn,
     start_server,
@@ -214,3 +215,31 @@ async def test_sigterm_closes_sockets_with_1001_and_exits_promptly(production_se
     await asyncio.to_thread(production_server.process.wait, timeout(10))
     assert time.monotonic() - started < 5
     assert "Traceback" not in production_server.output.drain()
+
+
+async def test_clients_vanishing_while_data_is_relayed_to_them_leave_no_error_behind(
+    any_server: Server, topic: str
+) -> None:
+    """Sends to a client that has just gone are part of normal life: no traceback, nothing held."""
+    server, leaving = any_server, 100
+    url = server.ws_url(f"/ws/echo/?topics={topic}&history=0")
+    pusher = spawn([*PUSH, "--topic", topic, "--rate", "2000"], os.environ)
+    try:
+        async with websockets.connect(url, origin=server.origin, max_size=None) as witness:
+            clients = await asyncio.gather(
+                *(websockets.connect(url, origin=server.origin, max_size=None) for _ in range(leaving))
+            )
+            for ws in clients:  # every one of them is being relayed to
+                await asyncio.wait_for(ws.recv(), timeout(10))
+            for ws in clients:  # all at once, mid-stream, without a closing handshake
+                ws.transport.abort()
+            # Every consumer has ended once the server counts the witness alone (asked until it does).
+            async with asyncio.timeout(timeout(10)):
+                while await asyncio.to_thread(metric, server, "ws_connections_open") != 1:
+                    pass
+            await witness.send("still here")
+            assert await next_echo(witness) == "still here"
+    finally:
+        stop(pusher)
+    output = server.output.text()
+    assert "Traceback" not in output and "ERROR" not in output, output[-3000:]

@@ -14,7 +14,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Server, data_frames, http_get, next_echo, start_server, timeout
+from tests.support import Server, data_frames, http_get, metric, next_echo, start_server, timeout
 
 
 async def still_serving(server: Server) -> None:
@@ -36,13 +36,6 @@ async def close_code_of(ws: websockets.ClientConnection) -> tuple[int, list[dict
             if isinstance(message, str) and message.startswith('{"type":'):
                 frames += data_frames(message)
     return closed.value.rcvd.code, frames
-
-
-def metric(server: Server, line_start: str) -> float:
-    status, text = http_get(server.http_url("/metrics"))
-    assert status == 200
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
-    return sum(values)
 
 
 async def test_a_frame_above_the_size_limit_is_closed_with_1009(any_server: Server) -> None:

@@ -96,6 +96,47 @@ async def test_cancelling_receive_forgets_the_channel_and_its_groups() -> None:
     await layer.flush()
 
 
+async def test_a_consumer_can_be_woken_by_a_callback_instead_of_waiting_in_receive() -> None:
+    layer = make_layer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    queued: list[int] = []
+    both = asyncio.Event()
+
+    def on_queued() -> None:
+        queued.append(len(layer.receive_nowait_all(channel)) if len(queued) == 1 else 0)
+        if len(queued) == 2:
+            both.set()
+
+    layer.on_queued(channel, on_queued)
+    await layer.group_send("g", {"type": "t", "n": 1})
+    await layer.group_send("g", {"type": "t", "n": 2})
+    await asyncio.wait_for(both.wait(), 2)
+    # Called once per queued event, after it was queued: the second call found both waiting.
+    assert queued == [0, 2]
+    await layer.flush()
+
+
+async def test_forget_channel_leaves_its_groups_and_unsubscribes_when_it_was_the_last() -> None:
+    layer = make_layer()
+    first, second = await layer.new_channel(), await layer.new_channel()
+    for channel in (first, second):
+        await layer.group_add("g", channel)
+    redis_channel = layer.group_channel("g")
+    # One subscription per process, not per member.
+    assert await layer.redis().pubsub_numsub(redis_channel) == [(redis_channel.encode(), 1)]
+    await layer.forget_channel(first)
+    assert layer.local_member_count("g") == 1
+    await layer.forget_channel(second)
+    assert layer.local_member_count("g") == 0
+    # The UNSUBSCRIBE went out on the subscriber's own connection: ask until Redis has applied it.
+    async with asyncio.timeout(2):
+        while await layer.redis().pubsub_numsub(redis_channel) != [(redis_channel.encode(), 0)]:
+            pass
+    await layer.forget_channel(second)  # twice is harmless (a consumer's teardown may race)
+    await layer.flush()
+
+
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -27,12 +27,12 @@ async def frames_of(ws, kind: str = "data"):
 
 @pytest.mark.slow
 async def test_every_client_sees_one_contiguous_run_across_the_history_boundary(
-    server_env: dict[str, str], topic: str
+    server_env: dict[str, str], server_command: list[str], topic: str
 ) -> None:
     per_publisher, publishers, clients = 1500, 2, 10
     last = per_publisher * publishers
     env = {**server_env, "CHANNEL_LAYER_CAPACITY": "100000"}  # this test is about order, not backpressure
-    with start_server(RUNSERVER, env) as server:
+    with start_server(server_command, env) as server:
         url = server.ws_url(f"/ws/echo/?topics={topic}&history=0")
         async with websockets.connect(url, origin=server.origin, max_size=None) as monitor:
             progress = 0

@@ -1,10 +1,13 @@
-"""Let daphne (``manage.py runserver``) close WebSockets with every RFC 6455 close code.
+"""Make daphne (``manage.py runserver``) close and send as RFC 6455 and the ASGI spec ask.
 
-Daphne closes through autobahn's ``sendClose``, which only accepts 1000 and 3000-4999 (the codes an
-*application* may pick in the browser API), so a consumer closing with 1008 (policy), 1009 (too big),
-1011, 1013 (try again later) or 1001 (going away) crashes with "invalid close code" and the client
-sees 1011 instead. It also drops the close reason. This sends the close frame through autobahn's
-lower-level ``sendCloseFrame`` instead, for codes a server may send, with the reason.
+* Close codes. Daphne closes through autobahn's ``sendClose``, which only accepts 1000 and 3000-4999
+  (the codes an *application* may pick in the browser API), so a consumer closing with 1008 (policy),
+  1009 (too big), 1011, 1013 (try again later) or 1001 (going away) crashes with "invalid close code"
+  and the client sees 1011 instead. It also drops the close reason. This sends the close frame through
+  autobahn's lower-level ``sendCloseFrame`` instead, for codes a server may send, with the reason.
+* Sends after the client left. ASGI says ``send`` then raises an ``OSError``; daphne lets autobahn's
+  ``Disconnected`` (a ``RuntimeError``) through. This raises ``ClientGone``, an ``OSError``, instead,
+  so consumers handle the (everyday) race the same way on every server.
 
 Applied once, when the ASGI application is imported in a daphne process; versions are pinned, and
 ``tests/test_hostile.py`` fails if an upgrade breaks it.
@@ -19,9 +22,14 @@ SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 10
 MAX_REASON_BYTES = 123
 
 
+class ClientGone(ConnectionResetError):
+    """A message was sent to a WebSocket whose client had already gone."""
+
+
 def patch_daphne() -> None:
-    """Replace daphne's ``serverClose`` with one that sends any valid server close code and reason."""
+    """Patch daphne's WebSocket protocol (once): close codes and reasons, sends after disconnect."""
     try:
+        from autobahn.exception import Disconnected
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # not running under daphne: nothing to do
         return
@@ -41,7 +49,10 @@ def patch_daphne() -> None:
         if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
             server_close(self, message.get("code"), message.get("reason"))
             return
-        original_handle_reply(self, message)
+        try:
+            original_handle_reply(self, message)
+        except Disconnected as exc:
+            raise ClientGone(str(exc)) from exc
 
     original_factory_init = WebSocketFactory.__init__
 

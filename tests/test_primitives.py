@@ -1,0 +1,71 @@
+"""The production server's per-connection queue and flag, on a real event loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from wsproject.primitives import Flag, ReceiveQueue
+
+
+async def loop_turns(count: int = 3) -> None:
+    """Let the event loop run everything that is ready, ``count`` times over."""
+    loop = asyncio.get_running_loop()
+    for _ in range(count):
+        turn = loop.create_future()
+        loop.call_soon(turn.set_result, None)
+        await turn
+
+
+async def test_the_queue_hands_items_over_in_order_and_wakes_a_waiting_reader() -> None:
+    queue: ReceiveQueue[int] = ReceiveQueue()
+    assert queue.empty() and queue.qsize() == 0
+    reader = asyncio.ensure_future(queue.get())
+    await loop_turns()
+    assert not reader.done()
+    queue.put_nowait(1)
+    assert await asyncio.wait_for(reader, 1) == 1
+    for n in range(2, 1002):
+        queue.put_nowait(n)
+    assert queue.qsize() == 1000
+    assert [await queue.get() for _ in range(1000)] == list(range(2, 1002))
+    assert queue.empty()
+
+
+async def test_the_queue_refuses_a_second_concurrent_reader() -> None:
+    queue: ReceiveQueue[str] = ReceiveQueue()
+    first = asyncio.ensure_future(queue.get())
+    await loop_turns()
+    with pytest.raises(RuntimeError, match="already being awaited"):
+        await queue.get()
+    queue.put_nowait("x")
+    assert await asyncio.wait_for(first, 1) == "x"
+
+
+async def test_a_cancelled_reader_leaves_the_queue_usable() -> None:
+    queue: ReceiveQueue[str] = ReceiveQueue()
+    reader = asyncio.ensure_future(queue.get())
+    await loop_turns()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    queue.put_nowait("after")
+    assert await asyncio.wait_for(queue.get(), 1) == "after"
+
+
+async def test_the_flag_releases_every_waiter_when_set_and_holds_them_when_clear() -> None:
+    flag = Flag()
+    assert not flag.is_set()
+    waiters = [asyncio.ensure_future(flag.wait()) for _ in range(3)]
+    await loop_turns()
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 1) == [True] * 3
+    assert await flag.wait() is True  # already set: at once
+    flag.clear()
+    later = asyncio.ensure_future(flag.wait())
+    await loop_turns()
+    assert not later.done() and not flag.is_set()
+    flag.set()
+    assert await asyncio.wait_for(later, 1) is True
