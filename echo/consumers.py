@@ -90,11 +90,12 @@ class EchoConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         finally:
+            # Forgotten first, so that nothing more is queued and no new drainer starts.
+            await self.channel_layer.forget_channel(self.channel_name)
             if self._drainer is not None:
                 self._drainer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._drainer
-            await self.channel_layer.forget_channel(self.channel_name)
 
     def _deliver_directly(self, event: dict[str, Any]) -> bool:
         """Called by the layer's reader with a new event while this consumer's queue is empty.
