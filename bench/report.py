@@ -34,7 +34,9 @@ METHOD = """\
   the frame's `ts` (same machine, same clock); a frame is lost if it never arrived, or had not arrived
   {grace:g} s after the publisher finished; deliveries/s = frames received / (last receive - first
   publish).
-- Echo latency: one message at a time on {lat_conns} connection(s), {lat_msgs:,} round trips each.
+- Echo latency: one message at a time on {lat_conns} connection(s), {lat_msgs:,} round trips each, in
+  {lat_rounds} rounds taken in turn with the other server (both running), so that the machine's noise falls on
+  both.
   Echo throughput: {thr_conns} connections for {thr_secs:g} s, each with at most {window} messages in flight.
 - Idle: clients opened 200 handshakes at a time per worker and held silent; memory per connection is
   the server's RSS (whole process tree) after minus before, over the clients connected.

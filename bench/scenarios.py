@@ -56,22 +56,51 @@ class Meter:
         }
 
 
-def echo_latency(server: RunningServer, load: LoadGenerator, connections: int, messages: int) -> Result:
-    """Round-trip time of one message at a time, on ``connections`` connections in turn, one worker."""
-    ready = load.prepare(
-        [{"op": "echo_latency", "url": server.url(), "connections": connections}], CONNECT_TIMEOUT
-    )
-    meter = Meter(server, load)
-    load.go({"messages": messages})
-    results, _ = load.results(CONNECT_TIMEOUT + messages)
-    rtts = unpack(results[0]["rtts"])
+def echo_latency(
+    servers: dict[str, RunningServer], load: LoadGenerator, connections: int, messages: int, rounds: int
+) -> dict[str, Result]:
+    """Round-trip time of one message at a time, on ``connections`` connections in turn, one worker.
+
+    Sub-millisecond round trips move with whatever else the machine does, so the servers (all
+    running) take turns: ``rounds`` rounds of ``messages / rounds`` round trips each, the order
+    alternating, and each server's samples are pooled. A busy moment then lands on both sides.
+    """
+    rtts: dict[str, array.array[float]] = {side: array.array("f") for side in servers}
+    connected: dict[str, list[int]] = {side: [] for side in servers}
+    failures: dict[str, list[dict[str, Any]]] = {side: [] for side in servers}
+    cpu: dict[str, list[Result]] = {side: [] for side in servers}
+    per_round = max(1, messages // rounds)
+    order = list(servers)
+    for round_number in range(rounds):
+        for side in order if round_number % 2 == 0 else reversed(order):
+            server = servers[side]
+            job = {"op": "echo_latency", "url": server.url(), "connections": connections}
+            ready = load.prepare([job], CONNECT_TIMEOUT)
+            meter = Meter(server, load)
+            load.go({"messages": per_round})
+            results, _ = load.results(CONNECT_TIMEOUT + per_round)
+            cpu[side].append(meter.finish())
+            rtts[side].extend(unpack(results[0]["rtts"]))
+            connected[side].append(ready[0]["connected"])
+            failures[side].extend(ready)
     return {
-        "connections": ready[0]["connected"],
-        "failures": merge_failures(ready),
-        "round_trips": len(rtts),
-        **latency_summary(rtts),
-        **meter.finish(),
+        side: {
+            "connections": min(connected[side]),
+            "failures": merge_failures(failures[side]),
+            "round_trips": len(rtts[side]),
+            "rounds": rounds,
+            **latency_summary(rtts[side]),
+            "seconds": sum(c["seconds"] for c in cpu[side]),
+            "server_cpu_pct": _time_weighted(cpu[side], "server_cpu_pct"),
+            "loadgen_cpu_pct": _time_weighted(cpu[side], "loadgen_cpu_pct"),
+        }
+        for side in servers
     }
+
+
+def _time_weighted(windows: list[Result], key: str) -> float:
+    total = sum(w["seconds"] for w in windows)
+    return sum(w[key] * w["seconds"] for w in windows) / total if total else math.nan
 
 
 def echo_throughput(

@@ -29,6 +29,7 @@ class Profile:
 
     lat_conns: int
     lat_msgs: int
+    lat_rounds: int  # echo latency alternates between the servers this many times
     thr_conns: int
     thr_secs: float
     window: int
@@ -42,16 +43,16 @@ class Profile:
 
 PROFILES = {
     "quick": Profile(
-        lat_conns=1, lat_msgs=2000, thr_conns=50, thr_secs=5, window=16,
+        lat_conns=1, lat_msgs=2000, lat_rounds=10, thr_conns=50, thr_secs=5, window=16,
         clients=(250, 1000), rates=(10, 50), fan_secs=5, grace=5, idle=2000, burst=2000,
     ),
     "full": Profile(
-        lat_conns=1, lat_msgs=5000, thr_conns=50, thr_secs=10, window=16,
+        lat_conns=1, lat_msgs=5000, lat_rounds=10, thr_conns=50, thr_secs=10, window=16,
         clients=(100, 250, 500, 1000, 2000), rates=(2, 10, 50, 100), fan_secs=10, grace=5,
         idle=10_000, burst=5_000,
     ),
     "smoke": Profile(
-        lat_conns=2, lat_msgs=20, thr_conns=4, thr_secs=0.5, window=4,
+        lat_conns=2, lat_msgs=20, lat_rounds=2, thr_conns=4, thr_secs=0.5, window=4,
         clients=(3,), rates=(20,), fan_secs=0.5, grace=2, idle=5, burst=5,
     ),
 }  # fmt: skip
@@ -109,18 +110,21 @@ def run(
         run_info["environment"] = describe(project.redis_url)
         try:
             if "echo" in only:
-
-                def echo(server: RunningServer) -> dict[str, Any]:
-                    return {
-                        "latency": scenarios.echo_latency(server, load, profile.lat_conns, profile.lat_msgs),
-                        "throughput": scenarios.echo_throughput(
-                            server, load, profile.thr_conns, profile.thr_secs, profile.window
-                        ),
-                    }
-
-                pair = both(project, spec, echo)
-                results["echo_latency"] = {side: pair[side]["latency"] for side in pair}
-                results["echo_throughput"] = {side: pair[side]["throughput"] for side in pair}
+                with running(ServerSpec("baseline"), project) as baseline, running(spec, project) as ours:
+                    results["echo_latency"] = scenarios.echo_latency(
+                        {"baseline": baseline, "project": ours},
+                        load,
+                        profile.lat_conns,
+                        profile.lat_msgs,
+                        profile.lat_rounds,
+                    )
+                results["echo_throughput"] = both(
+                    project,
+                    spec,
+                    lambda server: scenarios.echo_throughput(
+                        server, load, profile.thr_conns, profile.thr_secs, profile.window
+                    ),
+                )
                 progress(f"echo: {summary_echo(results)}")
             if "fanout" in only:
                 results["fanout"] = []
