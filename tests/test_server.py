@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -46,6 +47,25 @@ async def test_the_page_is_served_with_its_controls_and_static_script(any_server
     for script in scripts:
         status, headers, body = await asyncio.to_thread(fetch, any_server.http_url(script))
         assert status == 200 and "javascript" in headers["content-type"] and body
+
+
+async def test_every_module_the_page_imports_is_a_hashed_file_the_server_serves(
+    production_server: Server,
+) -> None:
+    """After a deploy a browser must never mix a new module with an old one from its cache."""
+    _, _, html = await asyncio.to_thread(fetch, production_server.http_url("/"))
+    pending = re.findall(r'<script[^>]*\stype="module"[^>]*\ssrc="([^"]+)"', html)
+    assert pending, "the page loads its script as a module"
+    seen: set[str] = set()
+    while pending:
+        url = pending.pop()
+        assert re.search(r"\.[0-9a-f]{12}\.js$", url), f"{url} is not a hashed name"
+        status, _, body = await asyncio.to_thread(fetch, production_server.http_url(url))
+        assert status == 200, url
+        seen.add(url)
+        for imported in re.findall(r'^import .* from "([^"]+)";$', body, re.MULTILINE):
+            pending.append(urllib.parse.urljoin(url, imported))
+    assert len(seen) >= 4  # app, connection, chart and uPlot
 
 
 @pytest.mark.parametrize("path", ["/ws/echo/", "/"])
