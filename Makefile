@@ -21,9 +21,10 @@ serve: $(STAMP) $(NODE_STAMP) ## The production server configuration on PORT, no
 test: $(STAMP) $(NODE_STAMP) ## The whole test suite against a real Redis (found or embedded)
 	$(PY) scripts/devenv.py exec -- $(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check, mypy type check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

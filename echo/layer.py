@@ -39,7 +39,7 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from channels.exceptions import ChannelFull
@@ -435,7 +435,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         redis = self._state().redis
         index = self._numbered_index_key()
         await redis.zremrangebyscore(index, "-inf", time.time() - self.history_ttl)
-        groups = [name.decode() for name in await redis.zrange(index, 0, -1)]
+        names = cast("list[bytes]", await redis.zrange(index, 0, -1))  # redis-py's type is a union
+        groups = [name.decode() for name in names]
         counters = await redis.mget([self._seq_key(group) for group in groups]) if groups else []
         return [(group, int(counter)) for group, counter in zip(groups, counters, strict=True) if counter]
 

@@ -65,7 +65,7 @@ class AddressCap:
         return True
 
     def remove(self, address: str | None) -> None:
-        if address in self.open:
+        if address is not None and address in self.open:
             self.open[address] -= 1
             if self.open[address] <= 0:
                 del self.open[address]

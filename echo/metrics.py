@@ -47,9 +47,9 @@ def render(gauges: Iterable[tuple[str, str, float]]) -> str:
         labelled = sorted((label, value) for (n, label), value in counts.items() if n == name)
         if not labelled:
             lines.append(f"{name} 0")
-        for label, value in labelled:
+        for label, count in labelled:
             key = LABEL_NAMES.get(name)
-            lines.append(f'{name}{{{key}="{label}"}} {value}' if key and label else f"{name} {value}")
+            lines.append(f'{name}{{{key}="{label}"}} {count}' if key and label else f"{name} {count}")
     for name, help_text, value in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
     return "\n".join(lines) + "\n"

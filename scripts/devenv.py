@@ -126,8 +126,9 @@ def supervise(commands: Sequence[Sequence[str]], env: dict[str, str]) -> int:
         finished = [p for p in processes if p.poll() is not None]
         if finished:
             exit_code = finished[0].returncode
+            command = " ".join(commands[processes.index(finished[0])])
             print(
-                f"devenv: {' '.join(finished[0].args)} exited ({exit_code}); stopping the rest",
+                f"devenv: {command} exited ({exit_code}); stopping the rest",
                 file=sys.stderr,
             )
             break

@@ -13,20 +13,22 @@ by Channels' ``AllowedHostsOriginValidator``, which accepts only origins whose h
 
 from __future__ import annotations
 
-from channels.routing import URLRouter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 
-ASGIApp = URLRouter
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
-def browser_origin_validator(application: ASGIApp):  # type: ignore[no-untyped-def]
+def browser_origin_validator(application: ASGIApp) -> ASGIApp:
     """Wrap ``application`` so that browser pages must come from an allowed host."""
     validated = AllowedHostsOriginValidator(application)
     require_origin: bool = settings.WS_REQUIRE_ORIGIN
     allow_null: bool = settings.WS_ALLOW_NULL_ORIGIN
 
-    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         origin = next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
         if (origin is None and not require_origin) or (origin == b"null" and allow_null):
             return await application(scope, receive, send)

@@ -55,7 +55,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        self.scope["extensions"][DIRECT_SEND_TEXT] = self.direct_send_text  # type: ignore[index]
+        extensions: dict[str, Any] = self.scope["extensions"]
+        extensions[DIRECT_SEND_TEXT] = self.direct_send_text
 
     def start_keepalive(self) -> None:
         """Called once, when the handshake's response has been sent."""
@@ -63,7 +64,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         # uvicorn keeps them for the connection's life, and so does websockets' parser (a local
         # variable of its generator): emptying the headers frees 3 KB per client.
         self.request.headers.clear()
-        self.request = self.response = None
+        self.request = self.response = None  # type: ignore[assignment]
         super().start_keepalive()
 
     def direct_send_text(self, text: str) -> bool:
