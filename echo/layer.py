@@ -120,6 +120,16 @@ class _Channel:
         self.waiter: asyncio.Future[None] | None = None
         self.groups: set[str] = set()
 
+    def put(self, event: dict[str, Any]) -> None:
+        """Queue an event, waking its consumer only if the queue was empty.
+
+        Once per batch, not per event: whoever was woken takes everything waiting before it waits
+        again (``receive`` returns at once while events wait).
+        """
+        self.events.append(event)
+        if len(self.events) == 1:
+            self.wake()
+
     def wake(self) -> None:
         if self.on_queued is not None:
             self.on_queued()
@@ -252,8 +262,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         if local is not None:
             if len(local.events) >= local.capacity:
                 raise ChannelFull(channel)
-            local.events.append(message)
-            local.wake()
+            local.put(message)
             return
         token = channel.partition("!")[0].rpartition(".")[2]
         if "!" not in channel or not token:
@@ -296,13 +305,14 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             local.direct = deliver
 
     def on_queued(self, channel: str, callback: Callable[[], None]) -> None:
-        """Have ``callback()`` called each time an event is queued for a local channel.
+        """Have ``callback()`` called when an event is queued for a local channel whose queue was empty.
 
         For a consumer that takes its events with ``receive_nowait_all`` from a task it starts only
         when there is something to take, rather than keeping a task waiting in ``receive`` for its
-        whole life (that task and its frames cost about 1.5 KB per connection). Such a consumer must
-        call ``forget_channel`` when it ends. ``callback`` runs in the layer's reader: it must not
-        block.
+        whole life (that task and its frames cost about 1.5 KB per connection). Once called, it must
+        take events until ``receive_nowait_all`` returns none: events queued meanwhile do not call it
+        again. It must call ``forget_channel`` when it ends. ``callback`` runs in the layer's reader:
+        it must not block.
         """
         local = self._state().channels.get(channel)
         if local is not None:
@@ -613,8 +623,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
                 continue
             if len(local.events) >= local.capacity:
                 self._overflow(name, local)
-            local.events.append(event)
-            local.wake()
+            local.put(event)
             delivered += 1
         self.stats.delivered += delivered
 

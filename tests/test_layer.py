@@ -98,22 +98,24 @@ async def test_cancelling_receive_forgets_the_channel_and_its_groups() -> None:
 
 async def test_a_consumer_can_be_woken_by_a_callback_instead_of_waiting_in_receive() -> None:
     layer = make_layer()
-    channel = await layer.new_channel()
-    await layer.group_add("g", channel)
-    queued: list[int] = []
-    both = asyncio.Event()
+    watched, marker = await layer.new_channel(), await layer.new_channel()
+    for channel in (watched, marker):
+        await layer.group_add("g", channel)
+    calls: list[str] = []
+    layer.on_queued(watched, lambda: calls.append("woken"))
 
-    def on_queued() -> None:
-        queued.append(len(layer.receive_nowait_all(channel)) if len(queued) == 1 else 0)
-        if len(queued) == 2:
-            both.set()
+    async def publish(n: int) -> None:
+        await layer.group_send("g", {"type": "t", "n": n})
+        # Both members get each message in the same delivery: once the marker has it, so has watched.
+        assert (await asyncio.wait_for(layer.receive(marker), 2))["n"] == n
 
-    layer.on_queued(channel, on_queued)
-    await layer.group_send("g", {"type": "t", "n": 1})
-    await layer.group_send("g", {"type": "t", "n": 2})
-    await asyncio.wait_for(both.wait(), 2)
-    # Called once per queued event, after it was queued: the second call found both waiting.
-    assert queued == [0, 2]
+    await publish(1)
+    await publish(2)
+    # Called once, when the queue stopped being empty; the second event joined the same batch.
+    assert calls == ["woken"]
+    assert [e["n"] for e in layer.receive_nowait_all(watched)] == [1, 2]
+    await publish(3)
+    assert calls == ["woken", "woken"]  # drained, then a new batch
     await layer.flush()
 
 
