@@ -119,7 +119,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         return True
 
     def _events_queued(self) -> None:
-        """Called by the layer when an event is queued for this consumer: start draining, if not yet."""
+        """Called by the layer when this consumer's queue stops being empty: start draining, if not yet."""
         if self._drainer is None:
             self._drainer = asyncio.get_running_loop().create_task(self._drain_layer_events())
 
