@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from tests.redis_process import RedisProcess  # noqa: E402
 from tests.support import Server, start_server  # noqa: E402
 
 
@@ -124,3 +126,13 @@ async def layer() -> AsyncIterator[object]:
     yield channel_layer
     with contextlib.suppress(Exception):
         await channel_layer.flush()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisProcess]:
+    """A Redis of this test's own that keeps nothing on disk (as compose's Redis), stopped afterwards."""
+    redis = RedisProcess()
+    redis.start()
+    yield redis
+    redis.stop()
+    shutil.rmtree(redis.dir, ignore_errors=True)

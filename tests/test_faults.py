@@ -10,18 +10,17 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
-from collections.abc import Iterator
 
 import devenv
 import psutil
 import pytest
 import websockets
 
+from tests.redis_process import RedisProcess
 from tests.support import (
     OutputWatcher,
     Server,
@@ -41,45 +40,6 @@ PUSH = [sys.executable, "manage.py", "push_data", "--source", "sine"]
 def get(url: str) -> tuple[int, dict]:
     status, body = http_get(url)
     return status, json.loads(body or "{}")
-
-
-class RedisProcess:
-    """A private redis-server this test can stop and start again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = devenv.free_port()
-        self.dir = tempfile.mkdtemp(prefix="fault-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = [
-            devenv.embedded_redis_server(), "--bind", "127.0.0.1", "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--dir", self.dir,
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # wait for the server's own "ready" line
-            if b"Ready to accept connections" in line:
-                return
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
-    redis = RedisProcess()
-    redis.start()
-    yield redis
-    redis.stop()
 
 
 async def test_healthz_and_metrics_answer_whatever_the_host(production_server: Server) -> None:
