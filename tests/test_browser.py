@@ -188,9 +188,19 @@ def test_disconnect_closes_and_sends_nothing_more(server: Server, page: Any) -> 
 # swaps the page's WebSocket class for its own here, so the spy sees nothing: count with the hook.
 
 
-def data_frame(seq: int, price: float, ts: float, **extra: Any) -> str:
+def data_frame(
+    seq: int, price: float, ts: float, epoch: str = "e1", topic: str = "prices", **extra: Any
+) -> str:
     return json.dumps(
-        {"type": "data", "topic": "prices", "seq": seq, "ts": ts, "values": {"price": price}, **extra}
+        {
+            "type": "data",
+            "topic": topic,
+            "epoch": epoch,
+            "seq": seq,
+            "ts": ts,
+            "values": {"price": price},
+            **extra,
+        }
     )
 
 
@@ -244,6 +254,47 @@ def test_a_reset_clears_the_topic_before_its_history(server: Server, page: Any) 
     open_page(page, server)
     page.wait_for_function("() => window.liveChart.lastSeq().prices === 9", timeout=ms(20))
     assert page.evaluate("window.liveChart.count('prices')") == 1
+    page.console.assert_clean()
+
+
+# The cells of each series as text: "null" where the line breaks, "-" (undefined) where it goes on.
+CELLS = """() => window.liveChart.data().map((column, i) =>
+  i === 0 ? column : column.map((v) => (v === null ? "null" : v === undefined ? "-" : v)))"""
+
+
+def test_a_gap_in_time_breaks_the_line_and_regular_spacing_does_not(server: Server, page: Any) -> None:
+    t0 = float(int(time.time()) - 100)  # whole seconds: every ts below is exact in binary
+    prices = [0, 1, 2, 3, 4, 20, 21, 40]  # a second apart, then a gap of 16 s, then one of 19 s
+    sine = [0.5 + i for i in range(21)]  # a second apart throughout: 0.5 ... 20.5
+    frames = [(t, "prices", seq) for seq, t in enumerate(prices, 1)]
+    frames += [(t, "sine", seq) for seq, t in enumerate(sine, 1)]
+    text = "\n".join(
+        data_frame(seq, seq, t0 + t, topic=topic, replay=True) for t, topic, seq in sorted(frames)
+    )
+
+    def scripted(ws: Any) -> None:
+        echo_stars(ws)
+        ws.send(text)
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    open_page(page, server)
+    page.wait_for_function("() => window.liveChart.count() === 29", timeout=ms(20))
+    assert page.evaluate("window.liveChart.series()") == ["prices/price", "sine/price"]
+    xs, price_cells, sine_cells = page.evaluate(CELLS)
+    rows = [(x - t0, p, s) for x, p, s in zip(xs, price_cells, sine_cells, strict=True)]
+    # One row more than points: the gap from 21 to 40 has no other topic's row inside, so it gets one.
+    assert len(rows) == 30
+    assert page.evaluate("window.liveChart.count('prices')") == 8
+    assert (21, "null", "-") in rows
+    for t, price, wave in rows:
+        assert wave != "null", rows  # sine came every second: its line never breaks
+        if t in prices and price != "null":
+            assert price == prices.index(t) + 1
+        elif 4 < t < 20:  # sine's rows inside prices' gap: the price line breaks across them
+            assert price == "null", (t, rows)
+        elif t != 21:  # sine's rows between prices' regular points: the price line goes on
+            assert price == "-", (t, rows)
+    assert [t for t, price, _ in rows if price == "null"] == [*sine[4:20], 21]  # 4.5 ... 19.5, and 21
     page.console.assert_clean()
 
 
