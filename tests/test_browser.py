@@ -157,7 +157,7 @@ def test_the_page_reconnects_by_itself_after_a_server_restart(server_env: dict[s
         assert page.evaluate("window.liveChart.count('prices')") == before + 17
         urls = page.evaluate("window.__ws.urls")
         assert len(urls) >= 2
-        assert re.search(r"[?&]since=prices:\d+", urls[-1]), urls[-1]
+        assert re.search(r"[?&]since=prices:\d+:[0-9a-z]+(&|,|$)", urls[-1]), urls[-1]
     page.console.assert_clean()
 
 
@@ -204,8 +204,34 @@ def data_frame(
     )
 
 
+def reset_frame(epoch: str | None, reason: str = "a new stream") -> str:
+    return json.dumps({"type": "reset", "topic": "prices", "epoch": epoch, "reason": reason})
+
+
 def echo_stars(ws: Any) -> None:
     ws.on_message(lambda message: ws.send(message) if message == "*" else None)
+
+
+def wait_for_hook(page: Any, call: str, expected: Any) -> None:
+    """Wait until ``window.liveChart[call]()`` equals ``expected`` (compared as JSON)."""
+    page.wait_for_function(
+        "([call, expected]) => JSON.stringify(window.liveChart[call]()) === expected",
+        arg=[call, json.dumps(expected, separators=(",", ":"))],
+        timeout=ms(20),
+    )
+
+
+# Every text #status and #error show, in order, from the moment it is installed: a state that lasts
+# half a second (reconnecting, before the backoff's first retry) is seen however fast the page moves.
+RECORD_STATUS = """() => {
+  const status = document.getElementById("status");
+  const error = document.getElementById("error");
+  window.__statuses = [];
+  const record = () => window.__statuses.push([status.textContent, error.hidden ? "" : error.textContent]);
+  const observer = new MutationObserver(record);
+  const what = { childList: true, characterData: true, subtree: true, attributes: true };
+  for (const node of [status, error]) observer.observe(node, what);
+}"""
 
 
 def test_batched_replayed_duplicate_and_reset_frames(server: Server, page: Any) -> None:
@@ -231,29 +257,102 @@ def test_batched_replayed_duplicate_and_reset_frames(server: Server, page: Any) 
     expect(page.locator('#latest [data-key="prices/price"] dd')).to_have_text("104")
     assert page.evaluate("window.liveChart.count('prices')") == 4
     assert page.evaluate("window.liveChart.lastSeq()") == {"prices": 4}
+    assert page.evaluate("window.liveChart.epochs()") == {"prices": "e1"}
     page.console.assert_clean()
 
 
-def test_a_reset_clears_the_topic_before_its_history(server: Server, page: Any) -> None:
+def test_a_reset_starts_the_topic_afresh_in_the_new_epoch(server: Server, page: Any) -> None:
     now = time.time()
+    sockets: list[Any] = []
 
     def scripted(ws: Any) -> None:
-        ws.send("\n".join(data_frame(seq, 100, now - 20 + seq) for seq in range(1, 6)))
-        heartbeats: list[str] = []
-
-        def on_message(message: str) -> None:
-            heartbeats.append(message)
-            ws.send(message)
-            if len(heartbeats) == 1:  # after the first heartbeat: the history was lost, here is what is left
-                ws.send(json.dumps({"type": "reset", "topic": "prices", "reason": "history lost"}))
-                ws.send(data_frame(9, 109, now - 1, replay=True))
-
-        ws.on_message(on_message)
+        sockets.append(ws)
+        echo_stars(ws)
+        ws.send("\n".join(data_frame(seq, 100 + seq, now - 20 + seq, "e1") for seq in range(1, 6)))
 
     page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
     open_page(page, server)
-    page.wait_for_function("() => window.liveChart.lastSeq().prices === 9", timeout=ms(20))
+    wait_for_hook(page, "lastSeq", {"prices": 5})
+    assert page.evaluate("window.liveChart.count('prices')") == 5
+    assert page.evaluate("window.liveChart.epochs()") == {"prices": "e1"}
+
+    # Redis lost the stream: a new epoch counts from 1 again, below the 5 the page has seen.
+    new_ts = [now - 3, now - 2, now - 1]
+    sockets[0].send(reset_frame("e2", "redis lost the counter"))
+    sockets[0].send("\n".join(data_frame(seq, 200 + seq, new_ts[seq - 1], "e2") for seq in (1, 2, 3)))
+    sockets[0].send(data_frame(2, 999, now - 0.5, "e2"))  # a duplicate within the new epoch: dropped
+    sockets[0].send(data_frame(4, 204, now, "e2"))
+    wait_for_hook(page, "lastSeq", {"prices": 4})
+    assert page.evaluate("window.liveChart.epochs()") == {"prices": "e2"}
+    assert page.evaluate("window.liveChart.count('prices')") == 4
+    xs, prices = page.evaluate("window.liveChart.data()")
+    assert xs == [*new_ts, now]  # nothing of epoch e1 is left, and the duplicate was not drawn
+    assert prices == [201, 202, 203, 204]
+    assert page.evaluate("window.liveChart.latest()") == {"prices/price": 204}
+    page.console.assert_clean()
+
+
+def test_a_data_frame_of_an_unannounced_epoch_counts_as_a_reset(server: Server, page: Any) -> None:
+    now = time.time()
+    sockets: list[Any] = []
+
+    def scripted(ws: Any) -> None:
+        sockets.append(ws)
+        echo_stars(ws)
+        ws.send("\n".join(data_frame(seq, 100 + seq, now - 20 + seq, "e1") for seq in range(1, 6)))
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    open_page(page, server)
+    wait_for_hook(page, "lastSeq", {"prices": 5})
+    # No reset announces epoch e2: the page must not take seq 1 and 2 for duplicates of e1's.
+    sockets[0].send(data_frame(1, 301, now - 2, "e2") + "\n" + data_frame(2, 302, now - 1, "e2"))
+    wait_for_hook(page, "epochs", {"prices": "e2"})
+    wait_for_hook(page, "lastSeq", {"prices": 2})
+    assert page.evaluate("window.liveChart.data()") == [[now - 2, now - 1], [301, 302]]
+    assert "without a reset" in page.locator("#log").text_content()
+    page.console.assert_clean()
+
+
+def test_a_reconnect_resumes_from_the_epoch_and_seq_it_has(server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    now = time.time()
+    sockets: list[Any] = []
+
+    def scripted(ws: Any) -> None:
+        sockets.append(ws)
+        echo_stars(ws)
+
+    def drop_and_wait_for_socket(count: int) -> str:
+        sockets[-1].close(code=1001, reason="going away")
+        page.wait_for_function("(n) => window.liveChart.connections() === n", arg=count, timeout=ms(20))
+        expect(page.locator("#status")).to_have_text("open", timeout=ms(20))
+        return sockets[-1].url
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    open_page(page, server)
+    assert "since" not in sockets[0].url
+    sockets[0].send("\n".join(data_frame(seq, 100, now - 10 + seq, "e1") for seq in (1, 2, 3)))
+    wait_for_hook(page, "lastSeq", {"prices": 3})
+    assert drop_and_wait_for_socket(2).endswith("/ws/echo/?topics=prices&history=600&since=prices:3:e1")
+
+    # A reset names the new epoch but no frame of it came yet: nothing to resume from.
+    sockets[-1].send(reset_frame("e2"))
+    wait_for_hook(page, "epochs", {"prices": "e2"})
+    assert page.evaluate("window.liveChart.lastSeq()") == {}
+    assert drop_and_wait_for_socket(3).endswith("/ws/echo/?topics=prices&history=600")
+
+    sockets[-1].send("\n".join(data_frame(seq, 100, now - 5 + seq, "e2", replay=True) for seq in (1, 2)))
+    wait_for_hook(page, "lastSeq", {"prices": 2})
+    assert drop_and_wait_for_socket(4).endswith("/ws/echo/?topics=prices&history=600&since=prices:2:e2")
+
+    # A reset with no stream at all (epoch null): the first frame after it starts one, no surprise.
+    sockets[-1].send(reset_frame(None, "no stream"))
+    wait_for_hook(page, "epochs", {"prices": None})
+    sockets[-1].send(data_frame(1, 100, now, "e3"))
+    wait_for_hook(page, "epochs", {"prices": "e3"})
     assert page.evaluate("window.liveChart.count('prices')") == 1
+    assert "without a reset" not in page.locator("#log").text_content()
     page.console.assert_clean()
 
 
@@ -353,7 +452,49 @@ def test_after_1013_the_page_reconnects_asking_for_what_it_missed(server: Server
     expect(page.locator("#status")).to_have_text("open")
     assert len(urls) == 2
     assert "since" not in urls[0]
-    assert "since=prices:3" in urls[1]
+    assert urls[1].endswith("&since=prices:3:e1")
+    page.console.assert_clean()
+
+
+def test_try_again_later_refusals_are_retried_with_the_reason_shown(server: Server, page: Any) -> None:
+    """1013 with too_many_connections (at connect) or history_unavailable (on a resume) is not final:
+    the page shows why, waits for the backoff and asks again, with its `since` if it has one."""
+    from playwright.sync_api import expect
+
+    now = time.time()
+    urls: list[str] = []
+
+    def scripted(ws: Any) -> None:
+        urls.append(ws.url)
+        echo_stars(ws)
+        refusal = {1: "too_many_connections", 3: "history_unavailable"}.get(len(urls))
+        if refusal:
+            ws.send(json.dumps({"type": "error", "code": refusal, "detail": "try again later"}))
+            ws.close(code=1013, reason="try again later")
+        elif len(urls) == 2:  # let in: two frames, then dropped
+            ws.send(data_frame(1, 101, now - 2) + "\n" + data_frame(2, 102, now - 1))
+            ws.close(code=1001, reason="going away")
+        else:
+            ws.send(data_frame(3, 103, now))
+
+    page.route_web_socket(re.compile(r"/ws/echo/"), scripted)
+    page.goto(server.http_url("/"))
+    page.evaluate(RECORD_STATUS)
+    page.click("#connect")
+    wait_for_hook(page, "lastSeq", {"prices": 3})
+    expect(page.locator("#status")).to_have_text("open")
+    expect(page.locator("#error")).to_be_hidden()
+    assert page.evaluate("window.liveChart.connections()") == 4
+    assert ["since" in url for url in urls] == [False, False, True, True]
+    assert urls[2].endswith("&since=prices:2:e1") and urls[3].endswith("&since=prices:2:e1")
+
+    statuses = page.evaluate("window.__statuses")
+    statuses = statuses[[status for status, _ in statuses].index("connecting") :]  # from the click on
+    assert "closed" not in [status for status, _ in statuses], statuses
+    waits = [error for status, error in statuses if re.fullmatch(r"reconnecting in \d+ s", status)]
+    assert any(error.startswith("too_many_connections") for error in waits), statuses
+    assert any(error.startswith("history_unavailable") for error in waits), statuses
+    assert page.evaluate("window.liveChart.count('prices')") == 3
     page.console.assert_clean()
 
 

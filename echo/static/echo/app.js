@@ -214,10 +214,12 @@ showStatus();
  *   count(topic?)  points the chart holds, for one topic or all
  *   series()       the series keys ("topic/series") being drawn
  *   latest()       {key: latest value} as the legend shows them
- *   data()         a copy of the chart's data: [xs, ...one array per series]
+ *   data()         a copy of the chart's data: [xs, ...one array per series]; in a series, null
+ *                  where its line breaks (a time gap), undefined where it goes on (another topic's row)
  *   draws()        how many times the chart has been drawn (at most once per animation frame)
  *   windowSeconds() the width of the time window
- *   lastSeq()      {topic: last seq seen}, what a reconnect asks to resume from
+ *   lastSeq()      {topic: last seq seen}, what a reconnect asks to resume from (with the epoch)
+ *   epochs()       {topic: epoch of its stream}, null after a reset that announced none
  *   state()        the connection's state, as #status shows it
  *   connections()  how many sockets the page has opened (1 + reconnects)
  */
@@ -228,7 +230,8 @@ window.liveChart = Object.freeze({
   data: () => [chart.xs.slice(), ...[...chart.columns.values()].map((column) => column.slice())],
   draws: () => chart.draws,
   windowSeconds: () => chart.windowSeconds,
-  lastSeq: () => Object.fromEntries(connection.lastSeq),
+  lastSeq: () => connection.lastSeq(),
+  epochs: () => connection.epochs(),
   state: () => connection.state,
   connections: () => connection.opened,
 });

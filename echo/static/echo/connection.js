@@ -1,5 +1,5 @@
 // The WebSocket connection that heals itself: reconnects with backoff, detects dead sockets, resumes
-// each topic from the last seq seen, measures echo round trips. Knows nothing of the DOM.
+// each topic from its last position (epoch and seq), measures echo round trips. Knows nothing of the DOM.
 
 export const TICK_MS = 1000; // a "*" is sent this often while open; the server echoes every one
 export const DEAD_AFTER_MS = 6000; // a "*" unanswered, and no frame at all, this long: replace the socket
@@ -10,7 +10,11 @@ export const HISTORY_POINTS = 600; // points per topic the server replays on con
 const RTT_SAMPLES = 50;
 
 // Close codes that mean "do not try again by yourself": the request itself is wrong (RFC 6455).
+// 1013 ("try again later": too many connections from this address, history unavailable, fell behind)
+// is not one of them: it is retried with the backoff like a drop.
 const NO_RETRY_CODES = new Set([1008]);
+// The alphabet of a stream's epoch (the server's EPOCH_PATTERN): only such an epoch goes into `since`.
+const EPOCH_PATTERN = /^[0-9a-z]{1,32}$/;
 
 /** Delay before reconnect attempt `attempt` (0, 1, 2...): doubling from 0.5 s to 10 s, then halved at
  * random ("equal jitter"), so that a thousand pages dropped at once do not come back at once. */
@@ -19,16 +23,27 @@ export function backoffDelay(attempt, random = Math.random) {
   return ceiling / 2 + random() * (ceiling / 2);
 }
 
+/** Whether `position` ({epoch, seq}) can be resumed from: both known, the epoch in the protocol's
+ * alphabet. */
+function resumable(position) {
+  if (position === undefined || typeof position.seq !== "number") return false;
+  return typeof position.epoch === "string" && EPOCH_PATTERN.test(position.epoch);
+}
+
 /** The socket URL on this page's own host (wss: under https:), asking for `topics`, with `history`
- * points replayed for topics not yet seen and `since` (topic -> last seq) for topics already seen. */
-export function socketUrl(location, topics, lastSeq) {
+ * points replayed for topics not yet seen and `since` (topic:seq:epoch) for topics whose position is
+ * known (`positions`: topic -> {epoch, seq}). */
+export function socketUrl(location, topics, positions) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const params = new URLSearchParams();
   params.set("topics", topics.join(","));
   params.set("history", String(HISTORY_POINTS));
-  const since = topics.filter((t) => lastSeq.has(t)).map((t) => `${t}:${lastSeq.get(t)}`);
+  const since = topics
+    .filter((t) => resumable(positions.get(t)))
+    .map((t) => `${t}:${positions.get(t).seq}:${positions.get(t).epoch}`);
   if (since.length) params.set("since", since.join(","));
-  // URLSearchParams would escape "," and ":"; topic names are [a-z0-9_-], so the plain form is safe.
+  // URLSearchParams would escape "," and ":"; topic names are [a-z0-9_-] and epochs [0-9a-z], so the
+  // plain form is safe.
   return `${scheme}//${location.host}/ws/echo/?${decodeURIComponent(params.toString())}`;
 }
 
@@ -58,9 +73,11 @@ function median(values) {
 /**
  * One logical connection that survives its sockets. Events (all optional callbacks in `handlers`):
  *   status(state, detail)  state: "connecting" | "open" | "reconnecting" | "closed";
- *                          detail: {retryAt} for reconnecting, {error} for a refusal
+ *                          detail: {retryAt, error?} for reconnecting (error: why the server asked us
+ *                          to come back later, if it said), {error} for a refusal
  *   data(frame)            a new data frame (duplicates already dropped), live or replayed
- *   reset(frame)           forget everything of frame.topic: its history follows
+ *   reset(frame)           forget everything of frame.topic: frames of frame.epoch follow (also emitted,
+ *                          with a reason of its own, for a data frame of an epoch no reset announced)
  *   presence(frame)        frame.count pages watch frame.topic
  *   error(frame)           the server refused something; a close follows
  *   echo(text, rttMs)      an echo came back; rttMs for "*" heartbeats, else null
@@ -72,7 +89,10 @@ export class LiveConnection {
     this.topics = [...topics];
     this.handlers = handlers;
     this.location = location;
-    this.lastSeq = new Map(); // topic -> last seq seen, sent as `since` on reconnect
+    // topic -> {epoch, seq}: the stream's epoch (null: none yet) and the last seq seen in it (undefined:
+    // none yet); sent as `since` on reconnect when both are known.
+    this.positions = new Map();
+    this.lastError = null; // the current socket's error frame, shown while the page waits to retry
     this.rtts = [];
     this.socket = null;
     this.wanted = false; // true from connect() until disconnect() or a refusal
@@ -116,14 +136,25 @@ export class LiveConnection {
   /** Ask for other topics: reconnects at once if connected (topics are fixed per socket). */
   setTopics(topics) {
     this.topics = [...topics];
-    for (const topic of [...this.lastSeq.keys()]) {
-      if (!this.topics.includes(topic)) this.lastSeq.delete(topic);
+    for (const topic of [...this.positions.keys()]) {
+      if (!this.topics.includes(topic)) this.positions.delete(topic);
     }
     if (this.wanted) {
       this.dropSocket(1000, "topics changed");
       this.cancelRetry();
       this.open();
     }
+  }
+
+  /** The last seq seen per topic, {topic: seq}, for topics that have one. */
+  lastSeq() {
+    const seqs = [...this.positions].filter(([, p]) => p.seq !== undefined).map(([t, p]) => [t, p.seq]);
+    return Object.fromEntries(seqs);
+  }
+
+  /** The epoch of each topic's stream, {topic: epoch}, null after a reset that announced no stream. */
+  epochs() {
+    return Object.fromEntries([...this.positions].map(([topic, p]) => [topic, p.epoch]));
   }
 
   /** The round-trip times of "*" echoes: the last one and the median of recent ones, in ms. */
@@ -133,12 +164,13 @@ export class LiveConnection {
   }
 
   open() {
-    const url = socketUrl(this.location, this.topics, this.lastSeq);
+    const url = socketUrl(this.location, this.topics, this.positions);
     this.emit("log", `opening ${url}`);
     const socket = new WebSocket(url);
     this.opened += 1;
     this.socket = socket;
     this.pendingPings = [];
+    this.lastError = null;
     this.lastFrameAt = performance.now();
     this.setState("connecting");
     socket.addEventListener("open", () => this.onOpen(socket));
@@ -217,15 +249,14 @@ export class LiveConnection {
         if (this.isNew(frame)) this.emit("data", frame);
         break;
       case "reset":
-        this.lastSeq.delete(frame.topic);
-        this.emit("log", `reset ${frame.topic}${frame.reason ? `: ${frame.reason}` : ""}`);
-        this.emit("reset", frame);
+        this.reset(frame);
         break;
       case "presence":
         this.emit("presence", frame);
         break;
       case "error":
-        this.emit("log", `error ${frame.code}${frame.detail ? `: ${frame.detail}` : ""}`);
+        this.lastError = `${frame.code}${frame.detail ? `: ${frame.detail}` : ""}`;
+        this.emit("log", `error ${this.lastError}`);
         this.emit("error", frame);
         break;
       default:
@@ -233,16 +264,36 @@ export class LiveConnection {
     }
   }
 
-  /** Track the topic's last seq; false for a replayed frame we already have.
-   * A live frame with a lower seq means its publisher restarted and counts from 1 again: keep it. */
+  /** Called for a reset frame: forget the topic's position and take the epoch of the frames that follow. */
+  reset(frame) {
+    if (typeof frame.topic !== "string") return;
+    const epoch = typeof frame.epoch === "string" ? frame.epoch : null;
+    this.positions.set(frame.topic, { epoch, seq: undefined });
+    const reason = frame.reason ? `: ${frame.reason}` : "";
+    this.emit("log", `reset ${frame.topic} to epoch ${epoch ?? "(none yet)"}${reason}`);
+    this.emit("reset", frame);
+  }
+
+  /** Track the topic's position; false for a frame we already have. A position is (epoch, seq): within
+   * an epoch seq never repeats, so a seq at or below the last one seen is a duplicate (replayed history
+   * overlapping what we have). A frame of another epoch, with no reset announcing it, means the stream
+   * started afresh without our hearing of it: treated as that reset, and kept. */
   isNew(frame) {
     if (typeof frame.topic !== "string" || typeof frame.seq !== "number") return true;
-    const last = this.lastSeq.get(frame.topic);
-    if (last !== undefined && frame.seq <= last && (frame.replay || frame.seq === last)) return false;
-    if (last !== undefined && frame.seq > last + 1 && !frame.replay) {
+    const epoch = typeof frame.epoch === "string" ? frame.epoch : null;
+    const known = this.positions.get(frame.topic);
+    const had = known !== undefined && (known.epoch !== null || known.seq !== undefined);
+    if (had && known.epoch !== epoch) {
+      const change = `epoch ${known.epoch} -> ${epoch}`;
+      this.emit("log", `${frame.topic}: data of another epoch without a reset (${change}): starting afresh`);
+      this.reset({ type: "reset", topic: frame.topic, epoch, reason: "new epoch without a reset" });
+    }
+    const last = this.positions.get(frame.topic)?.seq;
+    if (last !== undefined && frame.seq <= last) return false;
+    if (last !== undefined && frame.seq > last + 1) {
       this.emit("log", `gap in ${frame.topic}: ${frame.seq - last - 1} frame(s) missed before #${frame.seq}`);
     }
-    this.lastSeq.set(frame.topic, frame.seq);
+    this.positions.set(frame.topic, { epoch, seq: frame.seq });
     return true;
   }
 
@@ -257,9 +308,11 @@ export class LiveConnection {
     } else if (NO_RETRY_CODES.has(event.code)) {
       // The server refused the request itself (bad topics, say): retrying would be refused again.
       this.wanted = false;
-      this.setState("closed", { error: event.reason || `refused (code ${event.code})` });
+      this.setState("closed", { error: this.lastError || event.reason || `refused (code ${event.code})` });
     } else {
-      this.scheduleRetry();
+      // 1013 "try again later" comes with the reason (too_many_connections, history_unavailable, ...).
+      const reason = event.code === 1013 ? this.lastError || event.reason || null : this.lastError;
+      this.scheduleRetry(reason);
     }
   }
 
@@ -272,12 +325,13 @@ export class LiveConnection {
     if (socket && socket.readyState !== WebSocket.CLOSED) socket.close(code, reason);
   }
 
-  scheduleRetry() {
+  /** Reconnect after the backoff's next delay; `error`, if any, is why the server asked us to wait. */
+  scheduleRetry(error = null) {
     if (!this.wanted || this.retryTimer) return;
     const delay = backoffDelay(this.attempt);
     this.attempt += 1;
     this.retryAt = Date.now() + delay;
-    this.setState("reconnecting", { retryAt: this.retryAt });
+    this.setState("reconnecting", error ? { retryAt: this.retryAt, error } : { retryAt: this.retryAt });
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       this.retryAt = null;
