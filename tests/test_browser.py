@@ -365,7 +365,7 @@ def test_a_gap_in_time_breaks_the_line_and_regular_spacing_does_not(server: Serv
     t0 = float(int(time.time()) - 100)  # whole seconds: every ts below is exact in binary
     prices = [0, 1, 2, 3, 4, 20, 21, 40]  # a second apart, then a gap of 16 s, then one of 19 s
     sine = [0.5 + i for i in range(21)]  # a second apart throughout: 0.5 ... 20.5
-    frames = [(t, "prices", seq) for seq, t in enumerate(prices, 1)]
+    frames: list[tuple[float, str, int]] = [(t, "prices", seq) for seq, t in enumerate(prices, 1)]
     frames += [(t, "sine", seq) for seq, t in enumerate(sine, 1)]
     text = "\n".join(
         data_frame(seq, seq, t0 + t, topic=topic, replay=True) for t, topic, seq in sorted(frames)
