@@ -19,7 +19,8 @@ from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_
 
 from echo.protocol import (
     RELAY_EVENT,
-    encode_data_frame_around_seq,
+    Position,
+    encode_data_frame_around_position,
     topic_group,
     validate_topic,
     validate_values,
@@ -49,8 +50,9 @@ def shared_channel_layer() -> BaseChannelLayer:
 class Publisher:
     """Publishes data frames for topics through the channel layer.
 
-    Each frame's ``seq`` comes from Redis, one counter per topic shared by every publisher, in the
-    same order as live delivery and the topic's history (the layer's "numbered" extension). A failed
+    Each frame's position comes from Redis: an ``epoch`` and a ``seq`` counting within it, one stream per
+    topic shared by every publisher, in the same order as live delivery and the topic's history (the
+    layer's "numbered" extension). A failed
     publish (Redis unreachable) raises; nothing was numbered or sent.
     """
 
@@ -62,16 +64,17 @@ class Publisher:
                 "use echo.layer.RedisFanoutChannelLayer"
             )
 
-    async def publish(self, topic: str, values: Mapping[str, Any], ts: float | None = None) -> int:
-        """Publish one frame of ``values`` on ``topic``; return its ``seq``.
+    async def publish(self, topic: str, values: Mapping[str, Any], ts: float | None = None) -> Position:
+        """Publish one frame of ``values`` on ``topic``; return its position (``epoch``, ``seq``).
 
         Raises ``FrameError`` for a bad topic or values, and the layer's error (``redis.RedisError``,
         ``OSError``) when Redis cannot be reached.
         """
         validate_topic(topic)
         checked = validate_values(values)
-        before, after = encode_data_frame_around_seq(topic, time.time() if ts is None else ts, checked)
-        return await self.layer.group_send_numbered(topic_group(topic), RELAY_EVENT, before, after)
+        text = encode_data_frame_around_position(topic, time.time() if ts is None else ts, checked)
+        epoch, seq = await self.layer.group_send_numbered(topic_group(topic), RELAY_EVENT, text)
+        return Position(epoch, seq)
 
 
 class _BackgroundLoop:
@@ -116,13 +119,13 @@ def _publisher() -> Publisher:
     return _default_publisher
 
 
-async def apublish(topic: str, values: Mapping[str, Any]) -> int:
-    """Publish ``values`` on ``topic`` from async code; return the frame's ``seq``."""
+async def apublish(topic: str, values: Mapping[str, Any]) -> Position:
+    """Publish ``values`` on ``topic`` from async code; return the frame's position (epoch, seq)."""
     return await _publisher().publish(topic, values)
 
 
-def publish(topic: str, values: Mapping[str, Any], timeout: float = 10.0) -> int:
-    """Publish ``values`` on ``topic`` from sync code (a view, a signal, a script); return its ``seq``.
+def publish(topic: str, values: Mapping[str, Any], timeout: float = 10.0) -> Position:
+    """Publish ``values`` on ``topic`` from sync code (a view, a signal, a script); return its position.
 
     Blocks until Redis has the message or ``timeout`` seconds pass (``TimeoutError``).
     """

@@ -19,14 +19,8 @@ from echo import connections, metrics
 from echo.connections import DIRECT_SEND_TEXT
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
-from echo.protocol import (
-    RELAY_EVENT,
-    as_replay,
-    error_frame,
-    group_topic,
-    reset_frame,
-    topic_group,
-)
+from echo.protocol import RELAY_EVENT, error_frame, group_topic, topic_group
+from echo.streams import TopicStreams, Verdict
 from echo.subscription import CLOSE_POLICY_VIOLATION, ClientError, Subscription, parse_subscription
 
 logger = logging.getLogger(__name__)
@@ -48,8 +42,10 @@ class EchoConsumer(AsyncWebsocketConsumer):
     """
 
     subscription: Subscription
+    streams: TopicStreams
     joined = False
     closing = False
+    history_unavailable = False  # the last attempt to read history failed
     counted_address: str | None = None
     # The task handling queued layer events, while there are any (see _events_queued).
     _drainer: asyncio.Task[None] | None = None
@@ -73,7 +69,6 @@ class EchoConsumer(AsyncWebsocketConsumer):
         self.channel_name = await self.channel_layer.new_channel()
         self._connection = asyncio.current_task()
         self._turn = asyncio.Lock()
-        self.last_seq: dict[str, int] = {}  # per group: the highest seq sent to this client
         self.channel_layer.on_queued(self.channel_name, self._events_queued)
         direct_send = (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT)
         if direct_send is not None:
@@ -102,18 +97,24 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
         Sends a pushed message right away, without waking this connection's task, when nothing else
         is in progress or pending here (a handler running holds ``_turn``; queued events have a
-        drainer until they are sent); returns False to have it queued, so that order is kept.
+        drainer until they are sent) and it is simply the next frame of its stream; returns False to
+        have it queued, so that order is kept and anything else is handled by ``handle_layer_events``.
         """
         if event["type"] != RELAY_EVENT or self._drainer is not None or self._turn.locked() or self.closing:
             return False
         seq = event.get("seq")
-        group = event.get("group", "")
-        if seq is not None and seq <= self.last_seq.get(group, 0):
-            return True  # already sent from history: dropped
-        if not self._direct_send(event["text"]):
+        if seq is None:  # not part of a stream (presence)
+            sent: bool = self._direct_send(event["text"])
+            if sent:
+                metrics.inc("ws_frames_out_total")
+            return sent
+        group, epoch = event["group"], event["epoch"]
+        verdict = self.streams.check(group, epoch, seq)
+        if verdict is Verdict.DUPLICATE:
+            return True
+        if verdict is Verdict.RECOVER or not self._direct_send(event["text"]):
             return False
-        if seq is not None:
-            self.last_seq[group] = seq
+        self.streams.advance(group, epoch, seq)
         metrics.inc("ws_messages_relayed_total")
         metrics.inc("ws_frames_out_total")
         return True
@@ -143,14 +144,30 @@ class EchoConsumer(AsyncWebsocketConsumer):
         """Called with every layer event waiting: relay frames go out newline-joined in one frame."""
         texts: list[str] = []
         for event in events:
-            if event["type"] == RELAY_EVENT:
-                text = self._relay_text(event)
-                if text is not None:
-                    texts.append(text)
-                continue
-            await self._relay(texts)  # what came before another event goes out before it
-            texts = []
-            await self.dispatch(event)
+            if event["type"] != RELAY_EVENT:
+                await self._relay(texts)  # what came before another event goes out before it
+                texts = []
+                await self.dispatch(event)
+            elif "seq" not in event:
+                texts.append(event["text"])  # not part of a stream (presence)
+            elif (
+                verdict := self.streams.check(event["group"], event["epoch"], event["seq"])
+            ) is Verdict.SEND:
+                self.streams.advance(event["group"], event["epoch"], event["seq"])
+                texts.append(event["text"])
+            elif verdict is Verdict.RECOVER:
+                await self._relay(texts)
+                texts = []
+                # History holds this frame too (it is numbered before it is published), so catching up
+                # sends it along with whatever was missed before it.
+                await self.send_batched(await self.catch_up(event["group"]))
+                if self.history_unavailable:
+                    # Sending it would leave a hole: the client reconnects with since instead.
+                    error = ClientError(
+                        "history_unavailable", "history cannot be read", CLOSE_TRY_AGAIN_LATER
+                    )
+                    await self.refuse(error)
+                    return
         await self._relay(texts)
 
     async def _relay(self, texts: list[str]) -> None:
@@ -173,10 +190,11 @@ class EchoConsumer(AsyncWebsocketConsumer):
     # ------------------------------------------------------------ connection lifecycle
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        """Called on the handshake: check the URL, join the topics, accept, then replay history.
+        """Called on the handshake: check the URL, catch up on each topic, join them, accept.
 
-        Joining first means live frames queue up while history is read; replaying then skips
-        nothing, and live frames already replayed are dropped by ``seq``.
+        History is read before joining, so the client's position is known before any live frame
+        arrives; a frame published in between shows up as a hole before the first live frame, and
+        is filled from history then (``TopicStreams``).
         """
         try:
             self.subscription = parse_subscription(
@@ -189,17 +207,24 @@ class EchoConsumer(AsyncWebsocketConsumer):
             await self.refuse(error)
             return
         address = (self.scope.get("client") or (None,))[0]
-        if not per_address.try_add(address, settings.WS_MAX_CONNECTIONS_PER_ADDRESS):
+        cap = settings.WS_MAX_CONNECTIONS_PER_ADDRESS
+        self.counted_address = per_address.try_add(address, cap)
+        if self.counted_address is None and not per_address.exempt(address, cap):
             await self.accept()
             await self.refuse(
                 ClientError(
                     "too_many_connections",
                     f"at most {settings.WS_MAX_CONNECTIONS_PER_ADDRESS} connections per address",
+                    CLOSE_TRY_AGAIN_LATER,
                 )
             )
             return
-        self.counted_address = address
         self.groups = [topic_group(topic) for topic in self.subscription.topics]
+        self.streams = TopicStreams(
+            self.subscription.history,
+            {topic_group(topic): position for topic, position in self.subscription.since.items()},
+        )
+        frames = [frame for group in self.groups for frame in await self.catch_up(group)]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -207,7 +232,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         self.joined = True
         connections.opened(self)
         metrics.inc("ws_connections_total")
-        await self.replay(self.subscription.since, self.subscription.history)
+        await self.send_batched(frames)
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, after the groups were left."""
@@ -227,49 +252,29 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------ history
 
-    async def replay(self, since: dict[str, int], history: int) -> None:
-        """Send each topic's missed frames (after ``since``) or its last ``history`` frames.
+    async def catch_up(self, group: str) -> list[str]:
+        """The frames the client is owed of ``group`` from history (``TopicStreams.catch_up``).
 
-        If the history no longer reaches back to what the client saw, or Redis's counter is behind it
-        (Redis lost its data), the client gets a ``reset`` for that topic and then recent history.
+        If Redis cannot be read, returns none and leaves the client's position as it is: the
+        layer's resync catches up once Redis is back, and a live frame that finds a hole first
+        closes the connection with 1013 (see ``handle_layer_events``).
         """
-        frames: list[str] = []
-        for topic in self.subscription.topics:
-            seen = since.get(topic)
-            if seen is None and history == 0:
-                continue
-            try:
-                frames.extend(await self._replay_topic(topic, seen, history))
-            except (RedisError, OSError) as exc:
-                logger.warning("History of %r unavailable for %s: %s", topic, self.scope.get("client"), exc)
-                frames.append(reset_frame(topic, f"history unavailable: {type(exc).__name__}"))
-        await self.send_batched(frames)
-
-    async def _replay_topic(self, topic: str, seen: int | None, history: int) -> list[str]:
-        group = topic_group(topic)
-        frames: list[str] = []
-        reset = False
-        if seen is not None:
-            counter, entries = await self.channel_layer.group_history(group, after=seen)
-            if seen > counter:
-                reason = f"the server's seq for {topic!r} is {counter}, behind {seen}: its history was lost"
-            elif counter > seen and (not entries or entries[0][0] != seen + 1):
-                reason = f"history no longer reaches back to seq {seen + 1}"
-            else:
-                reason = ""
-            if reason:
-                reset = True
-                frames.append(reset_frame(topic, reason))
-                counter, entries = await self.channel_layer.group_history(group, last=history)
-        else:
-            counter, entries = await self.channel_layer.group_history(group, last=history)
-        # After a reset the numbering started again (Redis lost its data): forget what was sent.
-        previous = 0 if reset else self.last_seq.get(group, 0)
-        replayed = [as_replay(text) for seq, text in entries if seq > previous]
-        metrics.inc("ws_messages_replayed_total", amount=len(replayed))
-        frames.extend(replayed)
-        self.last_seq[group] = max(counter, previous)
-        return frames
+        try:
+            caught_up = await self.streams.catch_up(group, self.channel_layer.group_history)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "History of %r unavailable for %s (%s); it is sent when Redis is back",
+                group_topic(group),
+                self.scope.get("client"),
+                exc,
+            )
+            self.history_unavailable = True
+            return []
+        self.history_unavailable = False
+        metrics.inc("ws_messages_replayed_total", amount=caught_up.replayed)
+        if caught_up.reset:
+            metrics.inc("ws_resets_total")
+        return caught_up.frames
 
     async def send_frame(self, message: dict[str, Any]) -> None:
         """Send one ASGI ``websocket.send`` message: the hot path, without the base class's layers."""
@@ -288,6 +293,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     async def send_batched(self, frames: list[str]) -> None:
         """Send frames newline-joined in as few text frames as ``BATCH_CHARS`` allows."""
+        if not frames:
+            return
         if len(frames) == 1:
             metrics.inc("ws_frames_out_total")
             await self.send_frame({"type": "websocket.send", "text": frames[0]})
@@ -342,19 +349,14 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------ channel-layer events
 
-    def _relay_text(self, event: dict[str, Any]) -> str | None:
-        """The pre-encoded text of a pushed message, relayed unchanged; None if already sent (replayed)."""
-        seq = event.get("seq")
-        if seq is not None:
-            group = event["group"]
-            if seq <= self.last_seq.get(group, 0):
-                return None
-            self.last_seq[group] = seq
-        return event["text"]
-
     async def layer_resync(self, event: dict[str, Any]) -> None:
-        """Called after the server reconnected to Redis: send what was published while it was away."""
-        await self.replay({group_topic(group): seq for group, seq in self.last_seq.items()}, history=0)
+        """Called after the server reconnected to Redis: send what was published while it was away.
+
+        Redis may have come back with its data (the streams carry on: the missed frames are replayed)
+        or without it (new epochs: a ``reset`` each, then the new streams from their start).
+        """
+        frames = [frame for group in self.groups for frame in await self.catch_up(group)]
+        await self.send_batched(frames)
 
     async def layer_overflow(self, event: dict[str, Any]) -> None:
         """Called when this client fell so far behind that the layer dropped its queue: close it.

@@ -34,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgpack
 from channels.exceptions import ChannelFull
@@ -54,28 +55,35 @@ logger = logging.getLogger(__name__)
 # How long group_add waits for Redis to confirm a new subscription before letting the consumer go on.
 SUBSCRIBE_CONFIRM_TIMEOUT = 2.0
 
-# KEYS: counter, history stream, index of numbered groups.
-# ARGV: pub/sub channel, event type, text before seq, text after seq, history length, ttl, group, now.
-# The stream entry's ID is the message's number, so history can be read "after N" directly. If the
-# counter was lost while the stream survived (someone deleted a key), the stale stream is dropped.
+# KEYS: the stream's hash (fields seq and epoch), its history (a Redis stream), the index of groups.
+# ARGV: pub/sub channel, event type, text before the epoch, text between epoch and seq, text after the
+# seq, history length, ttl, group, now, a fresh epoch.
+# The counter and the epoch live and die together in one hash: when the hash is gone (Redis restarted
+# empty, or a day without publishes) the next message starts a new epoch at seq 1, and any history
+# left from the old epoch is dropped with it. The history entry's ID is the seq, so history can be read
+# "after N" directly.
 NUMBERED_SEND_SCRIPT = """
-local seq = redis.call('INCR', KEYS[1])
-local text = ARGV[3] .. seq .. ARGV[4]
-local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 't', text)
-if type(ok) == 'table' and ok.err then
-  redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], seq .. '-0', 't', text)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[10]
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('ZADD', KEYS[3], ARGV[8], ARGV[7])
-redis.call('PUBLISH', ARGV[1], cmsgpack.pack({type = ARGV[2], text = text, seq = seq, group = ARGV[7]}))
-return seq
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local text = ARGV[3] .. epoch .. ARGV[4] .. seq .. ARGV[5]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[6], seq .. '-0', 't', text)
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('EXPIRE', KEYS[2], ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[9], ARGV[8])
+redis.call('PUBLISH', ARGV[1],
+  cmsgpack.pack({type = ARGV[2], text = text, seq = seq, epoch = epoch, group = ARGV[8]}))
+return {seq, epoch}
 """
 
 # Reconnection backoff, in seconds: doubling from the first to the cap.
+# The cap is short so that live data flows again within a second or two of Redis coming back.
 RECONNECT_BACKOFF_FIRST = 0.2
-RECONNECT_BACKOFF_CAP = 5.0
+RECONNECT_BACKOFF_CAP = 1.0
 
 
 def redact_url(url: str) -> str:
@@ -86,6 +94,14 @@ def redact_url(url: str) -> str:
     credentials, _, location = rest.rpartition("@")
     user = credentials.partition(":")[0]
     return f"{scheme}://{user}:***@{location}" if user else f"{scheme}://***@{location}"
+
+
+class History(NamedTuple):
+    """A group's stream as one transaction saw it: its epoch (None: no stream), last seq, kept texts."""
+
+    epoch: str | None
+    seq: int
+    entries: list[tuple[int, str]]
 
 
 class LayerStats:
@@ -155,6 +171,7 @@ class _LoopState:
         self.pubsub: aioredis.client.PubSub | None = None
         self.reader: asyncio.Task[None] | None = None
         self.confirmations: dict[str, asyncio.Future[None]] = {}
+        self.history_reads: dict[tuple[str, int | None, int], asyncio.Future[History]] = {}
         self.connected = asyncio.Event()
         # True from a failed connection until the next success: group_add then does not wait.
         self.failing = False
@@ -394,51 +411,66 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     # publish 6 first. One Lua script does all three atomically, so history and live traffic agree.
 
     async def group_send_numbered(
-        self, group: str, event_type: str, text_before_seq: str, text_after_seq: str
-    ) -> int:
-        """Number a text message for ``group``, keep it in the group's history, publish it; return its number.
+        self, group: str, event_type: str, text: tuple[str, str, str]
+    ) -> tuple[str, int]:
+        """Number a text message for ``group``, keep it in the group's history, publish it.
 
-        The number (``seq``) rises by one per group across all publishers. Members receive
-        ``{"type": event_type, "text": text_before_seq + str(seq) + text_after_seq, "seq": seq,
-        "group": group}``. The history keeps the last ``history_length`` texts.
+        ``text`` is the message around its position: ``(before_epoch, between, after_seq)``. Returns
+        the position, ``(epoch, seq)``: ``seq`` rises by one per group across all publishers within
+        one epoch; a new epoch starts at 1 when Redis no longer has the group's counter. Members
+        receive ``{"type": event_type, "text": ..., "seq": seq, "epoch": epoch, "group": group}``.
+        The history keeps the last ``history_length`` texts of the current epoch.
         """
         self.require_valid_group_name(group)
-        seq = await self._state().numbered_send(
-            keys=[self._seq_key(group), self._history_key(group), self._numbered_index_key()],
+        before, between, after = text
+        seq, epoch = await self._state().numbered_send(
+            keys=[self._stream_key(group), self._history_key(group), self._numbered_index_key()],
             args=[
                 self.group_channel(group),
                 event_type,
-                text_before_seq,
-                text_after_seq,
+                before,
+                between,
+                after,
                 self.history_length,
                 self.history_ttl,
                 group,
                 time.time(),
+                secrets.token_hex(4),
             ],
         )
         self.stats.published += 1
-        return int(seq)
+        return epoch.decode() if isinstance(epoch, bytes) else epoch, int(seq)
 
-    async def group_history(
-        self, group: str, *, after: int | None = None, last: int | None = None
-    ) -> tuple[int, list[tuple[int, str]]]:
-        """Return the group's current number and the texts of its history, oldest first.
+    async def group_history(self, group: str, *, after: int | None = None, last: int = 0) -> History:
+        """Return the group's stream position and kept texts, oldest first, read in one transaction.
 
-        ``after=N`` gives every kept message numbered above N; ``last=N`` the newest N. Both are read
-        in one transaction, so the number and the history agree.
+        ``after=N`` gives every kept message numbered above N in the current epoch; otherwise the
+        newest ``last``. Concurrent identical reads in one process share one Redis round trip (after
+        a Redis outage every consumer of a topic asks the same question at once).
         """
+        state = self._state()
+        key = (group, after, last)
+        pending = state.history_reads.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_history(state, group, after, last))
+            state.history_reads[key] = pending
+            pending.add_done_callback(lambda _: state.history_reads.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _read_history(self, state: _LoopState, group: str, after: int | None, last: int) -> History:
         key = self._history_key(group)
-        async with self._state().redis.pipeline(transaction=True) as pipe:
-            pipe.get(self._seq_key(group))
+        async with state.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self._stream_key(group), ["seq", "epoch"])
             if after is not None:
                 pipe.xrange(key, min=f"{after + 1}-0", max="+")
-            else:
-                pipe.xrevrange(key, max="+", min="-", count=last or 0)
-            counter, entries = await pipe.execute()
+            elif last > 0:
+                pipe.xrevrange(key, max="+", min="-", count=last)
+            results = await pipe.execute()
+        (seq, epoch), entries = results[0], results[1] if len(results) > 1 else []
         if after is None:
             entries.reverse()
         texts = [(int(entry_id.split(b"-")[0]), fields[b"t"].decode()) for entry_id, fields in entries]
-        return int(counter or 0), texts
+        return History(epoch.decode() if epoch else None, int(seq or 0), texts)
 
     async def numbered_groups(self) -> list[tuple[str, int]]:
         """Groups that received a numbered message within ``history_ttl``, with their current numbers."""
@@ -447,7 +479,10 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         await redis.zremrangebyscore(index, "-inf", time.time() - self.history_ttl)
         names = cast("list[bytes]", await redis.zrange(index, 0, -1))  # redis-py's type is a union
         groups = [name.decode() for name in names]
-        counters = await redis.mget([self._seq_key(group) for group in groups]) if groups else []
+        async with redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.hget(self._stream_key(group), "seq")
+            counters = await pipe.execute()
         return [(group, int(counter)) for group, counter in zip(groups, counters, strict=True) if counter]
 
     def group_send_local(self, group: str, message: dict[str, Any]) -> None:
@@ -461,8 +496,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         """This event loop's Redis client, for features that keep shared state next to the layer."""
         return self._state().redis
 
-    def _seq_key(self, group: str) -> str:
-        return f"{self.prefix}:seq:{group}"
+    def _stream_key(self, group: str) -> str:
+        return f"{self.prefix}:stream:{group}"
 
     def _history_key(self, group: str) -> str:
         return f"{self.prefix}:history:{group}"

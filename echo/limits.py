@@ -48,34 +48,53 @@ class FrameRateLimit:
 class AddressCap:
     """Counts open connections per client address (in this process) against a cap.
 
-    Loopback addresses are exempt: local tools and benchmarks (10,000 clients on 127.0.0.1) and a
-    reverse proxy on the same host that does not forward the client's address all look like one.
+    IPv6 clients are counted per /64 network, the block one subscriber usually gets, so that a host
+    cannot dodge the cap by cycling through its own addresses. Loopback addresses are exempt: local
+    tools and benchmarks (10,000 clients on 127.0.0.1) and a reverse proxy on the same host that does
+    not forward the client's address all look like one.
     """
 
     def __init__(self) -> None:
         self.open: Counter[str] = Counter()
 
-    def try_add(self, address: str | None, cap: int) -> bool:
-        """Count a new connection from ``address``; False (and not counted) if it is over ``cap``."""
-        if address is None or cap <= 0 or _is_loopback(address):
-            return True
-        if self.open[address] >= cap:
-            return False
-        self.open[address] += 1
-        return True
+    def try_add(self, address: str | None, cap: int) -> str | None:
+        """Count a new connection from ``address``; return the key it was counted under.
 
-    def remove(self, address: str | None) -> None:
-        if address is not None and address in self.open:
-            self.open[address] -= 1
-            if self.open[address] <= 0:
-                del self.open[address]
+        Returns None when it is not counted: over ``cap`` (refuse it), or exempt (see ``exempt``).
+        """
+        key = counting_key(address)
+        if key is None or cap <= 0 or self.open[key] >= cap:
+            return None
+        self.open[key] += 1
+        return key
+
+    def exempt(self, address: str | None, cap: int) -> bool:
+        """True if connections from ``address`` are not capped at all."""
+        return cap <= 0 or counting_key(address) is None
+
+    def remove(self, key: str | None) -> None:
+        """Forget one connection counted under ``key`` (what ``try_add`` returned)."""
+        if key is not None and key in self.open:
+            self.open[key] -= 1
+            if self.open[key] <= 0:
+                del self.open[key]
 
 
-def _is_loopback(address: str) -> bool:
+def counting_key(address: str | None) -> str | None:
+    """What a client address is counted as: itself, its /64 for IPv6; None for loopback and unknown."""
+    if address is None:
+        return None
     try:
-        return ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
+        return address  # a unix socket path or a proxy's label: counted as it is
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 per_address = AddressCap()

@@ -17,6 +17,7 @@ COUNTERS = {
     "ws_frames_out_total": "Frames sent to clients (one frame may carry several messages)",
     "ws_messages_relayed_total": "Pushed messages relayed to clients",
     "ws_messages_replayed_total": "Messages replayed from history",
+    "ws_resets_total": "Reset frames sent: a client's view of a topic could not be continued",
     "ws_dropped_total": "Frames or messages dropped, by reason",
     "ws_closed_total": "Connections the server closed, by close code",
     "ws_errors_total": "Errors handling a connection",

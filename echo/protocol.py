@@ -11,13 +11,14 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 # The topic a client gets when it names none: the one `push_data` publishes to by default.
 DEFAULT_TOPIC = "prices"
 MAX_TOPICS_PER_CONNECTION = 16
 
-# Channel-layer event carrying one pre-encoded text frame; handled by ``EchoConsumer.relay_frame``.
+# Channel-layer event carrying one pre-encoded text frame, relayed unchanged by the consumer. A numbered
+# one (a data frame) also carries its ``group``, ``epoch`` and ``seq``.
 RELAY_EVENT = "relay.frame"
 
 # Channel-layer event the layer puts in a consumer's queue when that consumer fell too far behind.
@@ -30,9 +31,22 @@ GROUP_PREFIX = "topic."
 
 TOPIC_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")  # use fullmatch: "$" would allow a trailing newline
 
+# A stream's epoch: made by Redis's script when a topic's counter is (re)created (see echo.layer).
+EPOCH_PATTERN = re.compile(r"[0-9a-z]{1,32}")
+
 # A series name is shown in the page's legend; keep it short and printable.
 SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_SERIES_PER_FRAME = 32
+
+
+class Position(NamedTuple):
+    """Where a frame stands in its topic's stream: ``seq`` counts from 1 within one ``epoch``.
+
+    An epoch of None means "no stream": nothing seen yet, and nothing to continue.
+    """
+
+    epoch: str | None
+    seq: int
 
 
 class FrameError(ValueError):
@@ -85,14 +99,20 @@ def encode(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
-def encode_data_frame_around_seq(topic: str, ts: float, values: Mapping[str, float | int]) -> tuple[str, str]:
-    """Encode a data frame as the JSON text before and after its ``seq``, which Redis fills in.
+def encode_data_frame_around_position(
+    topic: str, ts: float, values: Mapping[str, float | int]
+) -> tuple[str, str, str]:
+    """Encode a data frame as the JSON text around its ``epoch`` and ``seq``, which Redis fills in.
 
-    The caller validates ``topic`` and ``values`` first (``validate_topic``, ``validate_values``).
+    The frame is ``before + epoch + between + seq + after``. The caller validates ``topic`` and
+    ``values`` first (``validate_topic``, ``validate_values``).
     """
-    before = encode({"type": "data", "topic": topic, "seq": 0})[: -len("0}")]
+    head = encode({"type": "data", "topic": topic, "epoch": "", "seq": 0})
+    before, _, rest = head.partition('"epoch":"')
+    before += '"epoch":"'
+    between = rest[: -len("0}")]
     after = "," + encode({"ts": ts, "values": values})[1:]
-    return before, after
+    return before, between, after
 
 
 def as_replay(text: str) -> str:
@@ -100,9 +120,12 @@ def as_replay(text: str) -> str:
     return text[:-1] + ',"replay":true}'
 
 
-def reset_frame(topic: str, reason: str) -> str:
-    """Tell a client its view of ``topic`` cannot be continued: clear it; history follows."""
-    return encode({"type": "reset", "topic": topic, "reason": reason})
+def reset_frame(topic: str, epoch: str | None, reason: str) -> str:
+    """Tell a client its view of ``topic`` cannot be continued: clear it; frames of ``epoch`` follow.
+
+    ``epoch`` is None when the topic has no stream right now: the next one starts at seq 1.
+    """
+    return encode({"type": "reset", "topic": topic, "epoch": epoch, "reason": reason})
 
 
 def presence_frame(topic: str, count: int) -> str:

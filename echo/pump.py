@@ -1,8 +1,9 @@
 """Drives a data source into the publisher: paced by a rate, or line by line from a stream.
 
 The loop behind ``manage.py push_data``. A publish that fails because Redis is unreachable is retried
-with backoff (0.5 s doubling to 10 s) until it goes through, with one log line per attempt; ticks missed
-meanwhile are skipped rather than sent in a burst, so the stream resumes at its normal rate.
+(after 0.5 s, then every second, so that data flows again within a second of Redis coming back) until
+it goes through, with a log line per attempt at first and then one every ``REPORT_EVERY`` seconds;
+ticks missed meanwhile are skipped rather than sent in a burst, so the stream resumes at its normal rate.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO
 
 from redis.exceptions import RedisError
@@ -20,12 +21,13 @@ from redis.exceptions import RedisError
 from echo.broadcast import Publisher
 from echo.feeds import BadLine, Values, parse_line
 from echo.layer import raise_if_cancelling, redact_url
-from echo.protocol import FrameError
+from echo.protocol import FrameError, Position
 
 logger = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.5
-RETRY_CAP = 10.0
+RETRY_CAP = 1.0
+REPORT_EVERY = 10.0
 
 
 async def paced(source: Iterator[Values], rate: float) -> AsyncIterator[Values]:
@@ -67,13 +69,20 @@ async def lines_of(stream: IO[str]) -> AsyncIterator[Values]:
 class Pump:
     """Publishes every value from a source on one topic, counting what went out and what was skipped."""
 
-    def __init__(self, publisher: Publisher, topic: str, redis_url: str) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        topic: str,
+        redis_url: str,
+        on_published: Callable[[str, Position], None] | None = None,
+    ) -> None:
         self.publisher = publisher
         self.topic = topic
         self.redis_url = redact_url(redis_url)
+        self.on_published = on_published
         self.sent = 0
         self.skipped = 0
-        self.last_seq = 0
+        self.last: Position | None = None
 
     async def run(self, values: AsyncIterator[Values], count: int | None = None) -> None:
         """Publish until ``values`` ends or ``count`` messages have been sent."""
@@ -91,21 +100,32 @@ class Pump:
     async def _publish_until_sent(self, values: Values) -> bool:
         delay = RETRY_FIRST
         failing_since: float | None = None
+        attempts = 0
+        next_report = 0.0
         while True:
             try:
-                self.last_seq = await self.publisher.publish(self.topic, values)
+                self.last = await self.publisher.publish(self.topic, values)
             except FrameError as exc:
                 self.skipped += 1
                 logger.warning("Skipped a message that cannot be sent: %s", exc)
                 return False
             except (RedisError, OSError) as exc:
-                failing_since = failing_since or time.monotonic()
-                logger.warning(
-                    "Redis at %s unreachable (%s); retrying in %.1f s", self.redis_url, _reason(exc), delay
-                )
+                now = time.monotonic()
+                failing_since = failing_since or now
+                attempts += 1
+                if attempts <= 2 or now >= next_report:  # the backoff, then a reminder now and then
+                    logger.warning(
+                        "Redis at %s unreachable (%s); retrying in %.1f s",
+                        self.redis_url,
+                        _reason(exc),
+                        delay,
+                    )
+                    next_report = now + REPORT_EVERY
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_CAP)
                 continue
+            if self.on_published is not None:
+                self.on_published(self.topic, self.last)
             if failing_since is not None:
                 logger.warning(
                     "Redis at %s reachable again after %.1f s; publishing resumed",

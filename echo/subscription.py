@@ -1,4 +1,4 @@
-"""What a client asks for in its WebSocket URL: ``?topics=a,b&history=N&since=a:41,b:7``.
+"""What a client asks for in its WebSocket URL: ``?topics=a,b&history=N&since=a:41:3f9a2c1b,b:7:0c1d2e3f``.
 
 Everything here comes from an untrusted client, so every value is checked against a strict pattern
 before it names a group or reaches Redis; a bad value raises ``ClientError`` with a code the client can
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from echo.protocol import DEFAULT_TOPIC, MAX_TOPICS_PER_CONNECTION, TOPIC_PATTERN
+from echo.protocol import DEFAULT_TOPIC, EPOCH_PATTERN, MAX_TOPICS_PER_CONNECTION, TOPIC_PATTERN, Position
 
 MAX_QUERY_BYTES = 4096
 DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also accept "²" and other non-ASCII digits
@@ -33,11 +33,15 @@ class ClientError(Exception):
 
 @dataclass(frozen=True)
 class Subscription:
-    """The topics a client follows, how much history it wants, and what it has already seen."""
+    """The topics a client follows, how much history it wants, and where it stands in each it has seen.
+
+    A ``since`` position without an epoch (the form before epochs existed) has epoch None: it cannot
+    be checked, so the client gets a ``reset``.
+    """
 
     topics: tuple[str, ...] = (DEFAULT_TOPIC,)
     history: int = 0
-    since: dict[str, int] = field(default_factory=dict)
+    since: dict[str, Position] = field(default_factory=dict)
 
 
 def parse_subscription(query_string: bytes, *, default_history: int, max_history: int) -> Subscription:
@@ -82,15 +86,23 @@ def _history(raw: str, max_history: int) -> int:
     return value
 
 
-def _since(raw: str, topics: tuple[str, ...]) -> dict[str, int]:
-    since: dict[str, int] = {}
+def _since(raw: str, topics: tuple[str, ...]) -> dict[str, Position]:
+    since: dict[str, Position] = {}
     for item in raw.split(","):
-        topic, sep, seq = item.partition(":")
-        if not sep or not TOPIC_PATTERN.fullmatch(topic) or not DIGITS.fullmatch(seq) or len(seq) > 16:
-            raise ClientError("bad_since", f"since takes topic:seq pairs, got {item[:60]!r}")
+        topic, sep, position = item.partition(":")
+        seq, _, epoch = position.partition(":")
+        if (
+            not sep
+            or not TOPIC_PATTERN.fullmatch(topic)
+            or not DIGITS.fullmatch(seq)
+            or len(seq) > 16
+            or (epoch and not EPOCH_PATTERN.fullmatch(epoch))
+            or position.endswith(":")
+        ):
+            raise ClientError("bad_since", f"since takes topic:seq:epoch items, got {item[:60]!r}")
         if topic not in topics:
             raise ClientError("bad_since", f"since names {topic!r}, which is not among the topics")
         if int(seq) > MAX_SEQ:
             raise ClientError("bad_since", f"seq {seq} is out of range")
-        since[topic] = int(seq)
+        since[topic] = Position(epoch or None, int(seq))
     return since

@@ -82,18 +82,40 @@ async def test_connections_per_address_are_capped_using_the_forwarded_address(
     env = {**server_env, "WS_MAX_CONNECTIONS_PER_ADDRESS": "2", "FORWARDED_ALLOW_IPS": "127.0.0.1"}
     with start_server(devenv.production_command("127.0.0.1", "0"), env) as server:
         url = server.ws_url("/ws/echo/?history=0")
-        # A proxy on loopback says the client is 198.51.100.7 (a documentation address: no traffic).
-        forwarded = {"X-Forwarded-For": "198.51.100.7"}
-        async with (
-            websockets.connect(url, origin=server.origin, additional_headers=forwarded) as first,
-            websockets.connect(url, origin=server.origin, additional_headers=forwarded) as second,
-            websockets.connect(url, origin=server.origin, additional_headers=forwarded) as third,
-        ):
-            code, frames = await close_code_of(third)
-            assert code == 1008 and frames[-1]["code"] == "too_many_connections"
+
+        def as_client(address: str):  # type: ignore[no-untyped-def]
+            # A proxy on loopback says who the client is (documentation addresses: no traffic).
+            headers = {"X-Forwarded-For": address}
+            return websockets.connect(url, origin=server.origin, additional_headers=headers)
+
+        async with as_client("198.51.100.7") as first, as_client("198.51.100.7") as second:
+            async with as_client("198.51.100.7") as third:
+                # Refused for now, not for good: 1013 (try again later), and the error frame says why.
+                code, frames = await close_code_of(third)
+                assert code == 1013 and frames[-1]["code"] == "too_many_connections"
             for ws in (first, second):
                 await ws.send("ok")
                 assert await next_echo(ws) == "ok"
+            await second.close()
+            # Once one of them has gone (the server counts it gone), the address is let back in.
+            async with asyncio.timeout(timeout(10)):
+                while await asyncio.to_thread(metric, server, "ws_connections_open") != 1:
+                    pass
+            async with as_client("198.51.100.7") as again:
+                await again.send("back")
+                assert await next_echo(again) == "back"
+        # IPv6: one /64 is one subscriber, whatever address in it each connection comes from.
+        async with as_client("2001:db8:0:7::1") as first, as_client("2001:db8:0:7::2") as second:
+            async with as_client("2001:db8:0:7::3") as third:
+                code, frames = await close_code_of(third)
+                assert code == 1013 and frames[-1]["code"] == "too_many_connections"
+            async with as_client("2001:db8:0:8::1") as neighbour:
+                await neighbour.send("other /64")
+                assert await next_echo(neighbour) == "other /64"
+            for ws in (first, second):
+                await ws.send("ok")
+                assert await next_echo(ws) == "ok"
+        assert await asyncio.to_thread(metric, server, 'ws_refused_total{reason="too_many_connections"}') == 2
         await still_serving(server)  # loopback clients are exempt
 
 

@@ -45,6 +45,7 @@ class Client:
         self.connections = 0
         self.close_codes: list[int | None] = []
         self.close_seq = 0  # the last seq seen before a 1001
+        self.epoch = ""  # of the frames seen (a restarted stream would show up as a reset)
         self.error: str | None = None  # why run() ended early (a refused handshake, say)
 
     @property
@@ -75,13 +76,14 @@ class Client:
                         for frame in data_frames(message):
                             if frame["type"] == "data":
                                 self.seqs.append(frame["seq"])
+                                self.epoch = frame["epoch"]
                                 await self._notify()
             self.close_codes.append(ws.close_code)
             await self._notify()
             if ws.close_code != CLOSE_GOING_AWAY:
                 return
             self.close_seq = self.last
-            query = f"topics={self.topic}&since={self.topic}:{self.close_seq}"
+            query = f"topics={self.topic}&since={self.topic}:{self.close_seq}:{self.epoch}"
 
     async def _notify(self, connections: int = 0) -> None:
         async with self.changed:
@@ -202,7 +204,7 @@ async def test_nginx_spreads_clients_and_moves_them_when_a_server_stops(
             # The moved clients reached the other server, through nginx, asking for what they missed.
             await flush_log(staying)
             for client in moved:
-                query = f"topics={topic}&since={topic}:{client.close_seq}"
+                query = f"topics={topic}&since={topic}:{client.close_seq}:{client.epoch}"
                 assert client.address in accepted_addresses(staying, query), staying.output.text()
         finally:
             for task in tasks:

@@ -78,8 +78,8 @@ async def test_each_source_publishes_well_formed_frames_and_count_stops_it(liste
     assert result.returncode == 0, result.stderr
     frames = await listener(5)
     assert_well_formed(frames, topic, series)
-    last = frames[-1]["seq"]
-    assert f"Stopped after 5 messages (last seq {last})" in result.stderr
+    last, epoch = frames[-1]["seq"], frames[-1]["epoch"]
+    assert f"Stopped after 5 messages (last seq {last}, epoch {epoch})" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -89,6 +89,17 @@ async def test_topic_option_names_the_stream(listener, topic):
     frames = await listener(2)
     assert {f["topic"] for f in frames} == {topic}
     assert [f["seq"] for f in frames] == [1, 2]  # a new topic's numbers start at 1
+    assert result.stdout == ""  # nothing per message unless asked
+
+
+async def test_verbosity_2_prints_each_published_position(listener, topic):
+    result = await asyncio.to_thread(
+        run_push_data, "--topic", topic, "--count", "3", "--rate", "100", "-v", "2"
+    )
+    assert result.returncode == 0, result.stderr
+    frames = await listener(3)
+    printed = [f"published {topic} {f['epoch']} {f['seq']}" for f in frames]
+    assert result.stdout.splitlines() == printed
 
 
 async def test_stdin_lines_are_pushed_and_bad_lines_reported_and_skipped(listener, topic):
@@ -105,7 +116,7 @@ async def test_stdin_lines_are_pushed_and_bad_lines_reported_and_skipped(listene
     assert "stdin line 4 skipped: series 'x' is not a finite number" in result.stderr
     assert "stdin line 5 skipped: empty line" in result.stderr
     assert "invalid series name 'bad name!'" in result.stderr
-    assert "Stopped after 3 messages (last seq 3), 1 skipped" in result.stderr
+    assert f"Stopped after 3 messages (last seq 3, epoch {frames[0]['epoch']}), 1 skipped" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -9,6 +9,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from echo.broadcast import Publisher
+from echo.protocol import Position, topic_group
 from tests.support import data_frames
 from wsproject.asgi import application
 
@@ -32,20 +33,37 @@ async def frames_until(communicator: WebsocketCommunicator, count: int) -> list[
     return got
 
 
-async def publish(topic: str, count: int) -> list[int]:
+async def publish(topic: str, count: int) -> list[Position]:
     publisher = Publisher()
     return [await publisher.publish(topic, {"n": n}) for n in range(count)]
 
 
+async def epoch_of(topic: str) -> str:
+    """The topic's current epoch (publishing one frame to learn it)."""
+    (position,) = await publish(topic, 1)
+    assert position.epoch
+    return position.epoch
+
+
+async def lose_stream(layer, topic: str) -> None:
+    """Delete the topic's counter and history from Redis, as a Redis restarted empty would have."""
+    group = topic_group(topic)
+    await layer.redis().delete(layer._stream_key(group), layer._history_key(group))
+
+
 async def test_history_is_replayed_on_connect_in_order_then_live(topic) -> None:
-    await publish(topic, 5)
+    published = await publish(topic, 5)
+    epoch = published[0].epoch
+    assert (
+        epoch and all(p.epoch == epoch for p in published) and [p.seq for p in published] == [1, 2, 3, 4, 5]
+    )
     client = await connect(f"/ws/echo/?topics={topic}&history=3")
     replayed = await frames_until(client, 3)
-    assert [f["seq"] for f in replayed] == [3, 4, 5]
+    assert [(f["epoch"], f["seq"]) for f in replayed] == [(epoch, 3), (epoch, 4), (epoch, 5)]
     assert all(f["replay"] is True for f in replayed)
     await publish(topic, 1)
     (live,) = await frames_until(client, 1)
-    assert live["seq"] == 6 and "replay" not in live
+    assert (live["epoch"], live["seq"]) == (epoch, 6) and "replay" not in live
     await client.disconnect()
 
 
@@ -58,8 +76,8 @@ async def test_replayed_history_arrives_batched_in_few_frames(topic) -> None:
 
 
 async def test_since_sends_exactly_the_missed_frames_then_live(topic) -> None:
-    await publish(topic, 10)
-    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:7")
+    epoch = (await publish(topic, 10))[0].epoch
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:7:{epoch}")
     assert [f["seq"] for f in await frames_until(client, 3)] == [8, 9, 10]
     await publish(topic, 2)
     assert [f["seq"] for f in await frames_until(client, 2)] == [11, 12]
@@ -67,26 +85,81 @@ async def test_since_sends_exactly_the_missed_frames_then_live(topic) -> None:
 
 
 async def test_since_up_to_date_sends_nothing_but_live(topic) -> None:
-    await publish(topic, 4)
-    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:4")
+    epoch = (await publish(topic, 4))[0].epoch
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:4:{epoch}")
     await publish(topic, 1)
     assert [f["seq"] for f in await frames_until(client, 1)] == [5]
     await client.disconnect()
 
 
 async def test_since_ahead_of_the_counter_gets_a_reset_then_history(topic) -> None:
-    await publish(topic, 3)
-    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:1000&history=2")
+    epoch = (await publish(topic, 3))[0].epoch
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:1000:{epoch}&history=2")
     reset, *history = await frames_until(client, 3)
-    assert reset["type"] == "reset" and reset["topic"] == topic and "behind 1000" in reset["reason"]
+    assert reset["type"] == "reset" and reset["topic"] == topic and "1000 already seen" in reset["reason"]
+    assert reset["epoch"] == epoch
     assert [f["seq"] for f in history] == [2, 3]
+    await client.disconnect()
+
+
+async def test_since_from_another_epoch_gets_a_reset_and_the_whole_new_epoch(topic, layer) -> None:
+    old = await epoch_of(topic)
+    await lose_stream(layer, topic)
+    published = await publish(topic, 3)
+    new = published[0].epoch
+    assert new != old and [p.seq for p in published] == [1, 2, 3]
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:1:{old}&history=1")
+    reset, *frames = await frames_until(client, 4)
+    assert (reset["type"], reset["epoch"]) == ("reset", new) and old in reset["reason"]
+    assert [(f["epoch"], f["seq"]) for f in frames] == [(new, 1), (new, 2), (new, 3)]
+    await client.disconnect()
+
+
+async def test_since_without_an_epoch_cannot_be_checked_and_gets_a_reset(topic) -> None:
+    epoch = (await publish(topic, 3))[0].epoch
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:2")
+    reset, *frames = await frames_until(client, 4)
+    assert (reset["type"], reset["epoch"]) == ("reset", epoch) and "without an epoch" in reset["reason"]
+    assert [f["seq"] for f in frames] == [1, 2, 3]
+    await client.disconnect()
+
+
+async def test_since_of_a_stream_that_is_gone_gets_a_reset_to_no_epoch_then_the_new_stream(
+    topic, layer
+) -> None:
+    old = await epoch_of(topic)
+    await lose_stream(layer, topic)
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:1:{old}")
+    (reset,) = await frames_until(client, 1)
+    assert (reset["type"], reset["epoch"]) == ("reset", None)
+    (position,) = await publish(topic, 1)
+    (first,) = await frames_until(client, 1)
+    assert (first["epoch"], first["seq"]) == (position.epoch, 1) and position.epoch != old
+    await client.disconnect()
+
+
+async def test_a_live_stream_that_starts_again_is_announced_before_its_frames(topic, layer) -> None:
+    """Redis losing a topic's data while clients watch: a reset with the new epoch, then all of it."""
+    old = await epoch_of(topic)
+    client = await connect(f"/ws/echo/?topics={topic}&history=0")
+    (before,) = await publish(topic, 1)
+    assert [(f["epoch"], f["seq"]) for f in await frames_until(client, 1)] == [(old, before.seq)]
+    await lose_stream(layer, topic)
+    await publish(topic, 2)
+    reset, *frames = await frames_until(client, 3)
+    assert reset["type"] == "reset" and reset["epoch"] not in (None, old)
+    assert [(f["epoch"], f["seq"]) for f in frames] == [(reset["epoch"], 1), (reset["epoch"], 2)]
+    assert all(f.get("replay") for f in frames)  # caught up from history, not relayed with a hole
+    await publish(topic, 1)
+    (live,) = await frames_until(client, 1)
+    assert (live["epoch"], live["seq"]) == (reset["epoch"], 3) and "replay" not in live
     await client.disconnect()
 
 
 async def test_since_older_than_the_history_gets_a_reset_then_history(topic, layer, monkeypatch) -> None:
     monkeypatch.setattr(layer, "history_length", 5)
-    await publish(topic, 12)  # the history keeps 8..12
-    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:2&history=5")
+    epoch = (await publish(topic, 12))[0].epoch  # the history keeps 8..12
+    client = await connect(f"/ws/echo/?topics={topic}&since={topic}:2:{epoch}&history=5")
     reset, *history = await frames_until(client, 6)
     assert reset["type"] == "reset" and "no longer reaches back to seq 3" in reset["reason"]
     assert [f["seq"] for f in history] == [8, 9, 10, 11, 12]
@@ -95,9 +168,9 @@ async def test_since_older_than_the_history_gets_a_reset_then_history(topic, lay
 
 async def test_several_topics_each_replay_and_flow(topic) -> None:
     other = topic + "-b"
-    await publish(topic, 2)
-    await publish(other, 3)
-    client = await connect(f"/ws/echo/?topics={topic},{other}&since={topic}:1,{other}:1")
+    first = (await publish(topic, 2))[0].epoch
+    second = (await publish(other, 3))[0].epoch
+    client = await connect(f"/ws/echo/?topics={topic},{other}&since={topic}:1:{first},{other}:1:{second}")
     got = await frames_until(client, 3)
     assert [(f["topic"], f["seq"]) for f in got] == [(topic, 2), (other, 2), (other, 3)]
     await client.disconnect()
@@ -110,6 +183,8 @@ async def test_several_topics_each_replay_and_flow(topic) -> None:
         ("topics=" + ",".join(f"t{n}" for n in range(17)), "too_many_topics"),
         ("history=lots", "bad_history"),
         ("since=prices:x", "bad_since"),
+        ("since=prices:1:BAD!", "bad_since"),
+        ("since=prices:1:", "bad_since"),
     ],
 )
 async def test_bad_query_values_get_an_error_frame_and_close_1008(query: str, code: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from echo.protocol import TOPIC_PATTERN
+from echo.protocol import TOPIC_PATTERN, Position
 from echo.subscription import ClientError, Subscription, parse_subscription
 
 
@@ -22,8 +22,16 @@ def test_defaults_to_the_default_topic_and_history() -> None:
 
 
 def test_reads_topics_history_and_since() -> None:
-    sub = parse("topics=prices,system&history=10&since=prices:1041,system:77")
-    assert sub == Subscription(topics=("prices", "system"), history=10, since={"prices": 1041, "system": 77})
+    sub = parse("topics=prices,system&history=10&since=prices:1041:3f9a2c1b,system:77:0c1d2e3f")
+    assert sub == Subscription(
+        topics=("prices", "system"),
+        history=10,
+        since={"prices": Position("3f9a2c1b", 1041), "system": Position("0c1d2e3f", 77)},
+    )
+
+
+def test_a_since_without_an_epoch_is_read_as_an_unknown_epoch() -> None:
+    assert parse("since=prices:12").since == {"prices": Position(None, 12)}
 
 
 def test_repeated_topics_are_kept_once_in_order() -> None:
@@ -56,6 +64,10 @@ def test_unknown_parameters_are_ignored() -> None:
         ("since=prices:x", "bad_since"),
         ("since=other:1", "bad_since"),
         ("since=prices:99999999999999999", "bad_since"),
+        ("since=prices:1:", "bad_since"),
+        ("since=prices:1:Ab", "bad_since"),
+        ("since=prices:1:a:b", "bad_since"),
+        ("since=prices:1:" + "a" * 33, "bad_since"),
         ("topics=a&topics=b", "bad_query"),
         (b"topics=\xff", "bad_query"),
         ("x=" + "y" * 5000, "bad_query"),

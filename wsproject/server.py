@@ -113,27 +113,25 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._stall_timer = None
 
     def send_receive_event_to_app(self) -> None:
-        """Pass a complete message to the app; invalid UTF-8 in text closes with 1007, logged plainly.
+        """Pass a complete message to the app (and pause reading until it is taken, as uvicorn does).
 
-        (uvicorn's own version logs a traceback for what is a client's mistake.)
+        Invalid UTF-8 in a text message closes with 1007 and one plain log line; uvicorn's own
+        version logs a traceback for what is a client's mistake. Everything else is uvicorn's.
         """
-        if self.curr_msg_data_type != "text" or self.close_sent:
-            super().send_receive_event_to_app()
-            return
-        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
-        self.frames = []
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            metrics.inc("ws_dropped_total", "invalid_utf8")
-            if self.conn.state is not State.OPEN:
-                return  # already closing: nothing more to say to this client
-            logger.warning("Closing %s: invalid UTF-8 in a text frame (1007)", self.client)
-            metrics.inc("ws_closed_total", "1007")
-            self.conn.send_close(1007, "invalid UTF-8")
-            self.handle_parser_exception()
-            return
-        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                metrics.inc("ws_dropped_total", "invalid_utf8")
+                if self.conn.state is not State.OPEN:
+                    return  # already closing: nothing more to say to this client
+                logger.warning("Closing %s: invalid UTF-8 in a text frame (1007)", self.client)
+                metrics.inc("ws_closed_total", "1007")
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
 
     def _drop(self) -> None:
         self._stall_timer = None

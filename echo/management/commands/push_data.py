@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from echo import feeds
 from echo.broadcast import LayerNotShared, Publisher
 from echo.layer import redact_url
-from echo.protocol import FrameError, validate_topic
+from echo.protocol import FrameError, Position, validate_topic
 from echo.pump import Pump, paced, stdin_lines
 
 MAX_RATE = 10_000.0
@@ -52,7 +52,8 @@ class Command(BaseCommand):
     help = (
         "Push live data to every connected page through the Redis channel layer, until Ctrl-C or "
         "--count messages. Sources: random-walk (a price), sine (three waves), system (CPU %, memory %, "
-        "load), stdin (one number or JSON object of numbers per line)."
+        "load), stdin (one number or JSON object of numbers per line). With -v 2, prints "
+        "'published TOPIC EPOCH SEQ' for each message."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -67,7 +68,12 @@ class Command(BaseCommand):
         source: str = options["source"]
         topic: str = options["topic"] or feeds.DEFAULT_TOPICS[source]
         try:
-            pump = Pump(Publisher(), topic, settings.REDIS_URL)
+            pump = Pump(
+                Publisher(),
+                topic,
+                settings.REDIS_URL,
+                self._print_published if options["verbosity"] > 1 else None,
+            )
         except LayerNotShared as exc:
             raise CommandError(f"push_data cannot work: {exc}") from None
         logging.getLogger("echo").setLevel(logging.INFO)
@@ -78,10 +84,16 @@ class Command(BaseCommand):
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(self._run(pump, source, options["rate"], options["count"]))
+        last = f" (last seq {pump.last.seq}, epoch {pump.last.epoch})" if pump.last else ""
         self.stderr.write(
-            f"Stopped after {pump.sent} messages (last seq {pump.last_seq})"
+            f"Stopped after {pump.sent} messages{last}"
             + (f", {pump.skipped} skipped" if pump.skipped else "")
         )
+
+    def _print_published(self, topic: str, position: Position) -> None:
+        """With ``-v 2``: one line per message on stdout, for programs that check what was published."""
+        self.stdout.write(f"published {topic} {position.epoch} {position.seq}")
+        self.stdout.flush()
 
     async def _run(self, pump: Pump, source: str, rate: float, count: int | None) -> None:
         # SIGTERM (docker stop, systemd) ends the run like Ctrl-C does, with the same summary.
