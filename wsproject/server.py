@@ -33,14 +33,18 @@ from wsproject.primitives import Flag, ReceiveQueue
 
 logger = logging.getLogger(__name__)
 
+# How long a stalled client's close frame may wait to be read before the connection is aborted.
+STALLED_CLOSE_SECONDS = 2.0
+
 
 class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     """websockets' sans-I/O protocol that drops a client which stopped reading its socket.
 
     While a client reads slowly, sends wait (uvicorn pauses writers above the transport's high-water
-    mark), the consumer's channel queue fills, and the layer closes it with 1013. A client that stops
-    reading altogether cannot even receive a close frame: once its socket has stayed unwritable for
-    ``WS_STALL_SECONDS``, the connection is aborted, logged and counted, so that its buffers are freed.
+    mark), the consumer's channel queue fills, and the layer closes it with 1013. While the app is
+    behind, reading pauses (uvicorn's own flow control), so what a client sends cannot pile up either.
+    A client that stops reading altogether is closed with 1013 once its socket has stayed unwritable
+    for ``WS_STALL_SECONDS`` (logged and counted), and aborted if it does not read that close frame.
 
     It also holds less per connection (15 KB in all instead of 26 KB; README: Performance), and offers
     the layer a synchronous send (``direct_send_text``). Both lean on uvicorn's internals, which is why
@@ -134,11 +138,21 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().send_receive_event_to_app()
 
     def _drop(self) -> None:
+        """Called when the socket has been unwritable for ``stall_seconds``: close it with 1013.
+
+        The close frame waits behind what the client has not read; if it does not read that either
+        within ``STALLED_CLOSE_SECONDS``, the connection is aborted and its buffers freed.
+        """
         self._stall_timer = None
-        logger.warning("Dropping %s: it has not read its socket for %.0f s", self.client, self.stall_seconds)
+        logger.warning(
+            "Dropping %s: it has not read its socket for %.0f s (1013)", self.client, self.stall_seconds
+        )
         metrics.inc("ws_dropped_total", "stalled_client")
-        metrics.inc("ws_closed_total", "abort")
-        self.transport.abort()
+        metrics.inc("ws_closed_total", "1013")
+        if self.conn.state is State.OPEN:
+            self.conn.send_close(1013, "stalled: not reading")
+            self.handle_parser_exception()  # tells the app, writes the close frame, closes when written
+        self.loop.call_later(STALLED_CLOSE_SECONDS, self.transport.abort)
 
 
 class GracefulServer(uvicorn.Server):
