@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import re
 import signal
 import subprocess
@@ -24,6 +25,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_FACTOR = float(os.environ.get("TEST_TIMEOUT_FACTOR", "1"))
+# Random choices in tests come from this seed, so that a failure can be replayed (TEST_SEED=...).
+SEED = int(os.environ.get("TEST_SEED", "20261128"))
+
+
+def seeded_random(salt: str) -> random.Random:
+    """A random generator for one test, from ``SEED`` and the test's own ``salt``."""
+    return random.Random(f"{SEED}:{salt}")
 
 
 def timeout(seconds: float) -> float:

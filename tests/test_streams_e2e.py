@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import signal
 import sys
 
 import pytest
 import websockets
 
-from tests.support import OutputWatcher, Server, data_frames, spawn, start_server, stop, timeout
+from tests.support import (
+    OutputWatcher,
+    Server,
+    data_frames,
+    seeded_random,
+    spawn,
+    start_server,
+    stop,
+    timeout,
+)
 
 PUSH = [sys.executable, "manage.py", "push_data", "--source", "sine"]
 RUNSERVER = [sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload"]
@@ -65,7 +73,8 @@ async def test_every_client_sees_one_contiguous_run_across_the_history_boundary(
                             break
                 return seqs, replayed
 
-            moments = sorted(random.sample(range(1, last - 200), clients))
+            rng = seeded_random("history boundary")
+            moments = sorted(rng.sample(range(1, last - 200), clients))
             runs = await asyncio.wait_for(asyncio.gather(*(one_client(m) for m in moments)), timeout(90))
             watcher.cancel()
             for pusher in pushers:
