@@ -25,8 +25,9 @@ Limits, on purpose:
 * One Redis server (no sharding); scale Redis vertically or use a Redis that shards pub/sub itself.
 
 The "numbered" extension (``group_send_numbered``, ``group_history``) adds what plain ``group_send``
-cannot: one sequence number per group shared by every publisher, and a bounded history in a Redis
-stream, both in the same order as live delivery (one Lua script does all three).
+cannot: one position per message of a group shared by every publisher (a ``seq`` counting within an
+``epoch`` that changes whenever Redis lost the counter), and a bounded history in a Redis stream, both
+in the same order as live delivery (one Lua script does all three).
 """
 
 from __future__ import annotations
