@@ -1,13 +1,39 @@
-"""Counters of one server process, rendered in Prometheus' text format at ``/metrics``.
+"""Counters of the server, exposed at ``/metrics`` through ``prometheus_client``.
 
-Plain integers, incremented on the hot path (a dict lookup and an add), read only when scraped. Each
-server process counts its own; a scraper sums over replicas.
+Counting stays a dict lookup and an add (``inc``), cheap enough for every delivered message: a
+``prometheus_client`` counter takes a lock per increment, and in multi-process mode writes a shared
+file. The totals reach ``prometheus_client`` off that path, in one of two ways:
+
+- one process (``WEB_CONCURRENCY`` 1, the development server): a collector reads the counts when
+  scraped;
+- several workers: the supervisor gives them a shared directory (``share_between_workers``); each
+  worker writes its deltas into real ``prometheus_client`` counters there every second and before it
+  answers a scrape, so one scrape of any worker sums every worker (the others up to a second old).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import glob
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import prometheus_client
+import psutil
+from prometheus_client import multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.metrics_core import Metric
+
+logger = logging.getLogger(__name__)
 
 # name -> help text; every counter is listed here so /metrics shows it from the start, at 0.
 COUNTERS = {
@@ -23,14 +49,6 @@ COUNTERS = {
     "ws_errors_total": "Errors handling a connection",
 }
 
-counts: Counter[tuple[str, str]] = Counter()
-
-
-def inc(name: str, label: str = "", amount: int = 1) -> None:
-    """Add ``amount`` to counter ``name`` (with one label value, the reason or kind, if any)."""
-    counts[(name, label)] += amount
-
-
 LABEL_NAMES = {
     "ws_refused_total": "reason",
     "ws_frames_in_total": "kind",
@@ -39,18 +57,225 @@ LABEL_NAMES = {
     "ws_errors_total": "kind",
 }
 
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+# Set by the production server's supervisor for its workers (see share_between_workers).
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+PUSH_SECONDS = 1.0
 
-def render(gauges: Iterable[tuple[str, str, float]]) -> str:
-    """The Prometheus text exposition of every counter, plus ``gauges`` as (name, help, value)."""
-    lines: list[str] = []
+counts: Counter[tuple[str, str]] = Counter()
+_worker_exporter: WorkersExporter | None = None
+
+
+def inc(name: str, label: str = "", amount: int = 1) -> None:
+    """Add ``amount`` to counter ``name`` (with one label value, the reason or kind, if any)."""
+    counts[(name, label)] += amount
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A gauge's value in this process, read when scraped (and every second with several workers).
+
+    ``since_start``: a total since the process started (summed over every worker that ran, exited
+    ones included); otherwise a value of now (summed over the workers running now).
+    """
+
+    name: str
+    help: str
+    value: float
+    since_start: bool = False
+
+
+Readings = Callable[[], Iterable[Reading]]
+
+
+class Exporter(Protocol):
+    def render(self) -> bytes:
+        """The Prometheus text exposition (``CONTENT_TYPE``). Called on each scrape."""
+        ...
+
+
+def exporter(readings: Readings) -> Exporter:
+    """The exporter for this process: over several workers when the supervisor set that up.
+
+    Called when the application is built. A worker has one ``WorkersExporter`` whatever the number of
+    calls (two would each push the same counts).
+    """
+    global _worker_exporter
+    path = os.environ.get(MULTIPROC_DIR)
+    if not path:
+        return ProcessExporter(readings)
+    if _worker_exporter is None:
+        _worker_exporter = WorkersExporter(readings, path)
+    return _worker_exporter
+
+
+def share_between_workers(workers: int) -> None:
+    """Called by the production server's supervisor before it starts ``workers`` worker processes.
+
+    With more than one, the workers write their metrics to files in ``PROMETHEUS_MULTIPROC_DIR``
+    (inherited from here): the operator's directory, or else a fresh temporary one, removed at exit.
+    It is emptied first, since files left by an earlier run would be added to this one's counts.
+    """
+    if workers <= 1:
+        os.environ.pop(MULTIPROC_DIR, None)  # one process counts in memory
+        return
+    path = os.environ.get(MULTIPROC_DIR)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+    else:
+        path = os.environ[MULTIPROC_DIR] = tempfile.mkdtemp(prefix="wsdemo-metrics-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    logger.info("Metrics of %d workers are shared through %s (%s)", workers, path, MULTIPROC_DIR)
+
+
+def _counter_families(totals: dict[tuple[str, str], float]) -> Iterator[Metric]:
+    """Every counter, from (name, label) -> total; a counter never counted shows 0."""
     for name, help_text in COUNTERS.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-        labelled = sorted((label, value) for (n, label), value in counts.items() if n == name)
-        if not labelled:
-            lines.append(f"{name} 0")
-        for label, count in labelled:
-            key = LABEL_NAMES.get(name)
-            lines.append(f'{name}{{{key}="{label}"}} {count}' if key and label else f"{name} {count}")
-    for name, help_text, value in gauges:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-    return "\n".join(lines) + "\n"
+        family = Metric(name.removesuffix("_total"), help_text, "counter")
+        key = LABEL_NAMES.get(name)
+        for (counted, label), value in sorted(totals.items()):
+            if counted == name:
+                family.add_sample(name, {key: label} if key and label else {}, value)
+        if not family.samples:
+            family.add_sample(name, {}, 0)
+        yield family
+
+
+def _gauge_family(name: str, help_text: str, value: float) -> Metric:
+    family = Metric(name, help_text, "gauge")
+    family.add_sample(name, {}, value)
+    return family
+
+
+class ProcessExporter:
+    """One process: its counts and readings, read when scraped."""
+
+    def __init__(self, readings: Readings) -> None:
+        self.readings = readings
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _counter_families(dict(counts))
+        for reading in self.readings():
+            yield _gauge_family(reading.name, reading.help, reading.value)
+
+    def render(self) -> bytes:
+        return generate_latest(self)
+
+
+class WorkersExporter:
+    """One of several workers: pushes its counts to the shared directory, and sums every worker's.
+
+    Pushes every ``PUSH_SECONDS`` from a thread (a worker that is never scraped still counts), and
+    before rendering. prometheus_client's docs mark a worker dead from the supervisor when it exits
+    (gunicorn's ``child_exit``); uvicorn's supervisor has no such hook, and a worker ends by re-raising
+    SIGTERM after its graceful shutdown, so no exit code of its own runs either. The scraping worker
+    marks exited workers dead instead: their "now" gauges (``livesum``) go, their counters and "since
+    start" gauges stay. What a worker counted in its last second before exiting is lost.
+    """
+
+    def __init__(self, readings: Readings, path: str) -> None:
+        self.readings = readings
+        self.path = path
+        self._lock = threading.Lock()  # held to push, by the thread and by a scrape
+        self._pushed: dict[tuple[str, str], int] = {}
+        # Counters without labels are created now, so that each shows 0 before its first count.
+        self._counters = {
+            name: prometheus_client.Counter(
+                name, help_text, [LABEL_NAMES[name]] if name in LABEL_NAMES else [], registry=None
+            )
+            for name, help_text in COUNTERS.items()
+        }
+        self._children: dict[tuple[str, str], Any] = {}
+        self._gauges: dict[str, prometheus_client.Gauge] = {}
+        threading.Thread(target=self._push_forever, name="metrics-push", daemon=True).start()
+
+    def push(self) -> None:
+        """Write what was counted since the last push, and the readings of now, to this worker's files.
+
+        Called with ``_lock`` held.
+        """
+        # One C-level copy: the event loop's thread may add keys meanwhile.
+        for key, total in dict(counts).items():
+            delta = total - self._pushed.get(key, 0)
+            if delta:
+                self._child(*key).inc(delta)
+                self._pushed[key] = total
+        for reading in self.readings():
+            gauge = self._gauges.get(reading.name)
+            if gauge is None:
+                gauge = prometheus_client.Gauge(
+                    reading.name,
+                    reading.help,
+                    multiprocess_mode="sum" if reading.since_start else "livesum",
+                    registry=None,
+                )
+                self._gauges[reading.name] = gauge
+            gauge.set(reading.value)
+
+    def _child(self, name: str, label: str) -> Any:
+        child = self._children.get((name, label))
+        if child is None:
+            counter = self._counters[name]
+            child = self._children[(name, label)] = counter.labels(label) if name in LABEL_NAMES else counter
+        return child
+
+    def _push_forever(self) -> None:
+        while True:
+            time.sleep(PUSH_SECONDS)
+            try:
+                with self._lock:
+                    self.push()
+            except Exception:
+                logger.exception("Could not write this worker's metrics to %s", self.path)
+
+    def collect(self) -> Iterator[Metric]:
+        for pid in _worker_pids(self.path):
+            if not _running(pid):
+                with contextlib.suppress(FileNotFoundError):  # another worker's scrape got there first
+                    multiprocess.mark_process_dead(pid, self.path)
+        files = [file for file in glob.glob(os.path.join(self.path, "*.db")) if _started(file)]
+        merged = {family.name: family for family in multiprocess.MultiProcessCollector.merge(files)}
+        totals: dict[tuple[str, str], float] = {}
+        for name in COUNTERS:
+            family = merged.pop(name.removesuffix("_total"), None)
+            for sample in family.samples if family else ():
+                totals[(name, next(iter(sample.labels.values()), ""))] = sample.value
+        yield from _counter_families(totals)
+        for name in self._gauges:  # in the order of the readings
+            if name in merged:
+                yield merged.pop(name)
+        yield from merged.values()  # gauges of other workers only (none while all run the same code)
+
+    def render(self) -> bytes:
+        # A few small files, in the page cache: read in the event loop, like the single-process counts.
+        with self._lock:
+            self.push()
+            return generate_latest(self)
+
+
+def _worker_pids(path: str) -> set[int]:
+    """The processes with "now" gauges in ``path`` (files named gauge_live<mode>_<pid>.db)."""
+    files = glob.glob(os.path.join(path, "gauge_live*_*.db"))
+    return {int(file.rsplit("_", 1)[1].removesuffix(".db")) for file in files}
+
+
+def _started(file: str) -> bool:
+    """False for a file a worker has created but not sized yet, which prometheus_client cannot read.
+
+    A worker starting up (or killed at that moment, leaving it so) would otherwise fail every scrape
+    (prometheus/client_python issue 1199). Files only grow, so one seen sized stays readable.
+    """
+    try:
+        return os.path.getsize(file) > 0
+    except FileNotFoundError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    """True if ``pid`` is a process that has not exited (a zombie has: its parent has yet to reap it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -32,19 +32,23 @@ async def health() -> tuple[int, dict[str, Any]]:
     return 200, {"status": "ok", "connections": connections.count()}
 
 
-def metrics_text() -> str:
+def readings() -> list[metrics.Reading]:
+    """This process's gauges: connections open now, and the channel layer's counts since it started."""
     layer = get_channel_layer()
-    gauges: list[tuple[str, str, float]] = [
-        ("ws_connections_open", "WebSocket connections open now", connections.count()),
-    ]
+    values = [metrics.Reading("ws_connections_open", "WebSocket connections open now", connections.count())]
     if isinstance(layer, RedisFanoutChannelLayer):
         for name, value in layer.stats.as_dict().items():
-            gauges.append((f"layer_{name}", f"Channel layer: {name.replace('_', ' ')} (since start)", value))
-    return metrics.render(gauges)
+            help_text = f"Channel layer: {name.replace('_', ' ')} (since start)"
+            values.append(metrics.Reading(f"layer_{name}", help_text, value, since_start=True))
+    return values
 
 
 def with_probes(django_app: ASGIApp) -> ASGIApp:
     """Wrap the HTTP application so that the two probe paths are answered here."""
+    # Made now, in the thread that serves: with several workers, readings() also runs on the
+    # metrics thread, which must not be the one to create the layer.
+    get_channel_layer()
+    exporter = metrics.exporter(readings)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path")
@@ -52,7 +56,7 @@ def with_probes(django_app: ASGIApp) -> ASGIApp:
             status, body = await health()
             await respond(send, status, json.dumps(body).encode(), b"application/json")
         elif path == "/metrics":
-            await respond(send, 200, metrics_text().encode(), b"text/plain; version=0.0.4; charset=utf-8")
+            await respond(send, 200, exporter.render(), metrics.CONTENT_TYPE.encode())
         else:
             await django_app(scope, receive, send)
 

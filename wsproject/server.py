@@ -216,6 +216,7 @@ def main() -> None:
     # Django configures logging in each worker when it loads the app; this covers the supervisor.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = config(args.host, args.port, args.workers)
+    metrics.share_between_workers(cfg.workers)
     server = GracefulServer(cfg)
     # uvicorn re-raises Ctrl-C's SIGINT once it has shut down gracefully: no traceback for that.
     with contextlib.suppress(KeyboardInterrupt):
