@@ -145,10 +145,28 @@ async def test_the_server_stops_cleanly(any_server: Server) -> None:
     assert "Traceback" not in any_server.output.drain()
 
 
-async def test_the_production_server_runs_several_workers(server_env: dict[str, str]) -> None:
+async def test_the_production_server_runs_several_workers_each_closing_with_1001_on_sigterm(
+    server_env: dict[str, str],
+) -> None:
+    """uvicorn's workers run its own server class: the 1001 close must come from the protocol."""
     env = {**server_env, "WEB_CONCURRENCY": "2"}
     with start_server(SERVER_COMMANDS["production"], env) as server:
-        server.output.wait_for_count(r"Worker \d+ accepting connections", 2, 30)
-        async with websockets.connect(server.ws_url("/ws/echo/?history=0"), origin=server.origin) as ws:
-            await ws.send("two workers")
-            assert await next_echo(ws) == "two workers"
+        server.output.wait_for_count(r"Started server process \[\d+\]", 2, 30)
+        url = server.ws_url("/ws/echo/?history=0")
+        clients = [await websockets.connect(url, origin=server.origin) for _ in range(6)]
+        try:
+            for n, ws in enumerate(clients):
+                await ws.send(f"worker {n}")
+                assert await next_echo(ws) == f"worker {n}"
+            server.process.send_signal(signal.SIGTERM)
+            for ws in clients:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), timeout(10))
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        finally:
+            await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
+        assert await asyncio.to_thread(server.process.wait, timeout(15)) == 0
+        output = server.output.drain()
+    assert "Traceback" not in output
+    assert re.search(r"Closing \d+ WebSocket connections with 1001", output)

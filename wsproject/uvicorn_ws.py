@@ -1,0 +1,208 @@
+"""Everything the production server does inside uvicorn: its WebSocket protocol, subclassed.
+
+uvicorn takes a WebSocket protocol class by import string (``Config(ws="wsproject.uvicorn_ws:..."``):
+its supported way to bring your own. The subclass overrides a few methods (each calls uvicorn's own)
+and relies on attributes uvicorn does not document; ``tests/test_internals.py`` has one contract test
+per method and attribute it uses, and the production server refuses any uvicorn or websockets
+version but the ones below (``wsproject/versions.py``). Upgrading: change the pins in
+requirements.txt, run ``pytest tests/test_internals.py``, then update ``TESTED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Set
+from typing import Any, ClassVar
+
+from uvicorn.protocols.utils import ClientDisconnected
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
+from websockets.http11 import Request
+from websockets.protocol import State
+
+from echo import metrics
+from echo.connections import CLOSE_GOING_AWAY, DIRECT_SEND_TEXT
+from wsproject import versions
+from wsproject.primitives import Flag, ReceiveQueue
+
+logger = logging.getLogger(__name__)
+
+# The versions tests/test_internals.py ran against: requirements.txt's pins.
+TESTED = {"uvicorn": "0.54.0", "websockets": "17.4"}
+
+# How long a stalled client's close frame may wait to be read before the connection is aborted.
+STALLED_CLOSE_SECONDS = 2.0
+
+
+def refusal() -> str | None:
+    """Called by the production server before it starts: why it must not (untested versions), or None."""
+    return versions.refusal(TESTED, "wsproject/uvicorn_ws.py")
+
+
+class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """websockets' sans-I/O protocol that drops a client which stopped reading its socket.
+
+    While a client reads slowly, sends wait (uvicorn pauses writers above the transport's high-water
+    mark), the consumer's channel queue fills, and the layer closes it with 1013. While the app is
+    behind, reading pauses (uvicorn's own flow control), so what a client sends cannot pile up either.
+    A client that stops reading altogether is closed with 1013 once its socket has stayed unwritable
+    for ``WS_STALL_SECONDS`` (logged and counted), and aborted if it does not read that close frame.
+
+    It also holds less per connection (README: Performance), offers the layer a synchronous send
+    (``direct_send_text``), and closes with 1001 (going away) when the server shuts down.
+    """
+
+    stall_seconds = float(os.environ.get("WS_STALL_SECONDS", "10"))
+    # On shutdown, how long a client may take to answer the 1001 close before it is cut off.
+    shutdown_seconds = float(os.environ.get("WS_SHUTDOWN_SECONDS", "3"))
+    _stall_timer: asyncio.TimerHandle | None = None
+    # The connections of the server whose shutdown was last logged (see _log_shutdown).
+    _shutdown_logged_for: ClassVar[Set[Any] | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter stand-ins for asyncio's Queue and Event: 3.7 KB less per connection.
+        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        extensions: dict[str, Any] = self.scope["extensions"]
+        extensions[DIRECT_SEND_TEXT] = self.direct_send_text
+
+    def start_keepalive(self) -> None:
+        """Called once, when the handshake's response has been sent."""
+        # The parsed request and response, headers and all, are not needed after this point, but
+        # uvicorn keeps them for the connection's life, and so does websockets' parser (a local
+        # variable of its generator): emptying the headers frees 3 KB per client.
+        self.request.headers.clear()
+        self.request = self.response = None  # type: ignore[assignment]
+        super().start_keepalive()
+
+    def is_open(self) -> bool:
+        """True from the handshake's response until either side starts closing: frames may be sent."""
+        return (
+            self.handshake_complete
+            and not self.disconnected
+            and not self.close_sent
+            and self.initial_response is None
+            and not self.transport.is_closing()
+        )
+
+    def direct_send_text(self, text: str) -> bool:
+        """Write a text frame now if the connection is open and writable; else False (use send()).
+
+        What ``send({"type": "websocket.send", "text": ...})`` does, without a coroutine, so that the
+        channel layer can fan a message out to thousands of sockets in one synchronous loop.
+        """
+        if not (self.is_open() and self.writable.is_set()):
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
+
+    # ------------------------------------------------------------ a client that stopped reading
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = asyncio.get_running_loop().call_later(self.stall_seconds, self._drop)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stall_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_stall_timer()
+        super().connection_lost(exc)
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _drop(self) -> None:
+        """Called when the socket has been unwritable for ``stall_seconds``: close it with 1013.
+
+        The close frame waits behind what the client has not read; if it does not read that either
+        within ``STALLED_CLOSE_SECONDS``, the connection is aborted and its buffers freed.
+        """
+        self._stall_timer = None
+        logger.warning(
+            "Dropping %s: it has not read its socket for %.0f s (1013)", self.client, self.stall_seconds
+        )
+        metrics.inc("ws_dropped_total", "stalled_client")
+        metrics.inc("ws_closed_total", "1013")
+        if self.conn.state is State.OPEN:
+            self.conn.send_close(1013, "stalled: not reading")
+            self.handle_parser_exception()  # tells the app, writes the close frame, closes when written
+        self.loop.call_later(STALLED_CLOSE_SECONDS, self.transport.abort)
+
+    # ------------------------------------------------------------ client frames
+
+    def send_receive_event_to_app(self) -> None:
+        """Pass a complete message to the app (and pause reading until it is taken, as uvicorn does).
+
+        Invalid UTF-8 in a text message closes with 1007 and one plain log line; uvicorn's own
+        version logs a traceback for what is a client's mistake. Everything else is uvicorn's.
+        """
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()
+            except UnicodeDecodeError:
+                self.frames = []
+                metrics.inc("ws_dropped_total", "invalid_utf8")
+                if self.conn.state is not State.OPEN:
+                    return  # already closing: nothing more to say to this client
+                logger.warning("Closing %s: invalid UTF-8 in a text frame (1007)", self.client)
+                metrics.inc("ws_closed_total", "1007")
+                self.conn.send_close(1007, "invalid UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        """Called by uvicorn's server on every connection when it shuts down, once it stopped accepting.
+
+        uvicorn's own closes an open WebSocket with 1012 (service restart) and drops the TCP connection
+        at once. An open one is closed here instead as if the app had sent ``websocket.close`` with
+        1001 (going away), so that its page reconnects to another replica: the app is told, and the
+        connection reads on until the client answers or ``WS_SHUTDOWN_SECONDS`` pass; uvicorn's server
+        waits for that (up to its ``timeout_graceful_shutdown``). The rest (a handshake in progress, a
+        socket that is closing, or one the client stopped reading) get uvicorn's own.
+        """
+        if not (self.is_open() and self.writable.is_set()):
+            super().shutdown()
+            return
+        self._log_shutdown()
+        self.close_timeout = self.shutdown_seconds
+        task = self.loop.create_task(self._go_away())
+        self.tasks.add(task)
+        task.add_done_callback(self.on_task_complete)
+
+    async def _go_away(self) -> None:
+        if not self.is_open():
+            return  # the app or the client closed first
+        with contextlib.suppress(ClientDisconnected):
+            await self.send({"type": "websocket.close", "code": CLOSE_GOING_AWAY, "reason": "going away"})
+
+    def _log_shutdown(self) -> None:
+        """Say how many WebSockets are closed with 1001: once per server, not once per connection."""
+        if BoundedWebSocketProtocol._shutdown_logged_for is self.connections:
+            return
+        BoundedWebSocketProtocol._shutdown_logged_for = self.connections
+        closing = sum(
+            1
+            for c in self.connections
+            if isinstance(c, BoundedWebSocketProtocol) and c.is_open() and c.writable.is_set()
+        )
+        logger.info("Closing %d WebSocket connections with %d", closing, CLOSE_GOING_AWAY)
