@@ -13,10 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from echo.probes import with_probes  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
-from wsproject.daphne_compat import patch_daphne  # noqa: E402
 from wsproject.origin import browser_origin_validator  # noqa: E402
-
-patch_daphne()
 
 application = ProtocolTypeRouter(
     {

@@ -67,7 +67,9 @@ WS_REQUIRE_ORIGIN = env_bool("WS_REQUIRE_ORIGIN", False)
 WS_ALLOW_NULL_ORIGIN = env_bool("WS_ALLOW_NULL_ORIGIN", DEBUG)
 
 INSTALLED_APPS = [
-    "daphne",  # before staticfiles, so that `manage.py runserver` serves WebSockets too
+    # `manage.py runserver` is daphne, imported only when it runs (a development dependency); before
+    # staticfiles, whose runserver it replaces.
+    "wsproject.devserver",
     "django.contrib.staticfiles",
     "echo",
 ]
