@@ -1,4 +1,5 @@
-# The production image: web (daphne) and pusher (push_data) both run from it.
+# The production image: web (python -m wsproject.server: uvicorn) and pusher (push_data) both run from
+# it. requirements.txt holds no daphne, Twisted or autobahn: those serve only `manage.py runserver`.
 
 # The page's npm packages, exactly as package-lock.json pins them. Only the chart library's built
 # files leave this stage: no Node.js in the final image.
