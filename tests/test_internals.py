@@ -1,0 +1,734 @@
+"""Contract tests: what wsproject/uvicorn_ws.py and wsproject/daphne_compat.py rely on in other packages.
+
+One test per internal method or attribute the subclasses override or use, so that an upgrade which
+renames or changes one fails here, naming it, instead of in production. uvicorn's protocol runs for
+real on a fake transport, with websockets' own sans-I/O client at the other end. Also here: the
+startup refusal of untested versions, and daphne, Twisted and autobahn kept out of production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from echo.connections import DIRECT_SEND_TEXT
+from tests.support import ROOT, next_echo, start_server, stop, timeout
+from tests.test_primitives import loop_turns
+from wsproject import server, uvicorn_ws, versions
+from wsproject.primitives import Flag, ReceiveQueue
+from wsproject.uvicorn_ws import BoundedWebSocketProtocol
+
+FORBIDDEN_IN_PRODUCTION = ("daphne", "twisted", "autobahn")
+UVICORN_PROTOCOL_SOURCE = inspect.getsource(WebSocketsSansIOProtocol)
+
+
+class FakeTransport(asyncio.Transport):
+    """What uvicorn's protocol calls on its transport, recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = self.aborted = False
+        self.reading = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def take(self) -> bytes:
+        data = bytes(self.written)
+        self.written.clear()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+
+class App:
+    """An ASGI app that accepts and records what it receives; tests send through its ``send``."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.send: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.send = send
+        self.received.append(await receive())
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            self.received.append(message)
+            if message["type"] == "websocket.disconnect":
+                return
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.received]
+
+
+class Peer:
+    """uvicorn building our protocol on a fake transport, and a websockets client speaking to it."""
+
+    def __init__(
+        self,
+        app: App,
+        protocol_class: type[WebSocketsSansIOProtocol] = BoundedWebSocketProtocol,
+        server_state: ServerState | None = None,
+    ) -> None:
+        self.app = app
+        config = uvicorn.Config(
+            app,
+            ws=protocol_class,
+            lifespan="off",
+            log_config=None,
+            ws_ping_interval=20.0,
+            ws_ping_timeout=20.0,
+        )
+        config.load()
+        self.server_state = server_state or ServerState()
+        self.protocol: Any = config.ws_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=self.server_state, app_state={}, _loop=asyncio.get_running_loop()
+        )
+        self.transport = FakeTransport()
+        self.protocol.connection_made(self.transport)
+        self.client = ClientProtocol(parse_uri("ws://127.0.0.1:8000/ws/echo/"))
+
+    def to_server(self) -> None:
+        self.protocol.data_received(b"".join(self.client.data_to_send()))
+
+    def from_server(self) -> list[Any]:
+        self.client.receive_data(self.transport.take())
+        return self.client.events_received()
+
+    def frames(self) -> list[Frame]:
+        return [event for event in self.from_server() if isinstance(event, Frame)]
+
+    async def open(self) -> None:
+        self.client.send_request(self.client.connect())
+        self.to_server()
+        await loop_turns()
+        events = self.from_server()
+        assert isinstance(events[0], Response) and events[0].status_code == 101, events
+
+    async def end(self) -> None:
+        if not self.protocol.disconnected:
+            self.protocol.connection_lost(None)
+        await loop_turns()
+
+
+@pytest.fixture
+async def peers() -> Any:
+    """Makes Peers; ends each one's connection (and so its app) after the test."""
+    made: list[Peer] = []
+
+    def make(app: App | None = None, **kwargs: Any) -> Peer:
+        peer = Peer(app or App(), **kwargs)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        await peer.end()
+
+
+def closes(frames: list[Frame]) -> list[tuple[int, str]]:
+    """(code, reason) of the close frames among ``frames``."""
+    return [(c.code, c.reason) for c in (Close.parse(f.data) for f in frames if f.opcode is Opcode.CLOSE)]
+
+
+# ---------------------------------------------------------------- uvicorn: how it takes our protocol
+
+
+def test_uvicorn_takes_the_protocol_class_by_import_string_with_the_servers_options() -> None:
+    config = uvicorn.Config(server.APPLICATION, **server.options("127.0.0.1", 0, 1))
+    config.load()
+    assert config.ws_protocol_class is BoundedWebSocketProtocol, "uvicorn.Config(ws=...) no longer imports it"
+
+
+def test_uvicorn_server_closes_connections_through_their_shutdown_then_waits_for_them() -> None:
+    """Our 1001 close lives in the protocol's shutdown(): uvicorn's server must call it and then wait."""
+    shutdown = inspect.getsource(uvicorn.Server.shutdown)
+    assert re.search(
+        r"for connection in list\(self\.server_state\.connections\):\s+connection\.shutdown\(\)", shutdown
+    ), "uvicorn.Server.shutdown no longer calls shutdown() on each connection"
+    waiting = inspect.getsource(uvicorn.Server._wait_tasks_to_complete)
+    assert "while self.server_state.connections" in waiting, (
+        "uvicorn no longer waits for connections to close"
+    )
+    assert "timeout_graceful_shutdown" in shutdown
+
+
+# ---------------------------------------------------------------- uvicorn: attributes replaced or read
+
+
+def test_uvicorns_init_makes_queue_and_writable_which_ours_replaces() -> None:
+    init = inspect.getsource(WebSocketsSansIOProtocol.__init__)
+    assert "self.queue: asyncio.Queue" in init and "self.writable = asyncio.Event()" in init, (
+        "uvicorn's protocol no longer makes the queue and writable event BoundedWebSocketProtocol replaces"
+    )
+
+
+@pytest.mark.parametrize(("attribute", "primitive"), [("queue", ReceiveQueue), ("writable", Flag)])
+def test_uvicorn_uses_only_methods_our_primitives_have(attribute: str, primitive: type) -> None:
+    used = set(re.findall(rf"self\.{attribute}\.(\w+)", UVICORN_PROTOCOL_SOURCE))
+    assert used, f"uvicorn's protocol no longer uses self.{attribute}"
+    missing = {name for name in used if not hasattr(primitive, name)}
+    assert not missing, (
+        f"uvicorn's protocol now calls self.{attribute}.{missing}, which {primitive.__name__} lacks"
+    )
+
+
+# What a fresh connection's attribute must be, for each one our protocol reads or sets.
+ATTRIBUTES: dict[str, Any] = {
+    "queue": lambda p, peer: isinstance(p.queue, ReceiveQueue),
+    "writable": lambda p, peer: isinstance(p.writable, Flag) and p.writable.is_set(),
+    "conn": lambda p, peer: isinstance(p.conn, ServerProtocol),
+    "transport": lambda p, peer: p.transport is peer.transport,
+    "client": lambda p, peer: p.client == ("127.0.0.1", 50000),
+    "loop": lambda p, peer: p.loop is asyncio.get_running_loop(),
+    "connections": lambda p, peer: p.connections is peer.server_state.connections and p in p.connections,
+    "tasks": lambda p, peer: p.tasks is peer.server_state.tasks,
+    "on_task_complete": lambda p, peer: callable(p.on_task_complete),
+    "handshake_complete": lambda p, peer: p.handshake_complete is False,
+    "close_sent": lambda p, peer: p.close_sent is False,
+    "disconnected": lambda p, peer: p.disconnected is False,
+    "initial_response": lambda p, peer: p.initial_response is None,
+    "read_paused": lambda p, peer: p.read_paused is False,
+    "close_timeout": lambda p, peer: isinstance(p.close_timeout, float),
+    "close_timer": lambda p, peer: p.close_timer is None,
+    "curr_msg_data_type": lambda p, peer: p.curr_msg_data_type in ("text", "bytes"),
+    "frames": lambda p, peer: p.frames == [],
+}
+
+
+@pytest.mark.parametrize("attribute", ATTRIBUTES)
+async def test_an_attribute_our_protocol_relies_on_is_there_with_its_meaning(
+    peers: Any, attribute: str
+) -> None:
+    assert hasattr(peers(protocol_class=WebSocketsSansIOProtocol).protocol, attribute), (
+        f"uvicorn's protocol no longer has {attribute}"
+    )
+    peer = peers()
+    assert ATTRIBUTES[attribute](peer.protocol, peer), (
+        f"uvicorn's protocol sets {attribute} to something else"
+    )
+
+
+async def test_handshake_complete_and_disconnected_follow_the_connection(peers: Any) -> None:
+    peer = peers()
+    await peer.open()
+    assert peer.protocol.handshake_complete and peer.protocol.is_open()
+    peer.protocol.connection_lost(None)
+    assert peer.protocol.disconnected and not peer.protocol.is_open()
+
+
+# ---------------------------------------------------------------- uvicorn: methods overridden
+
+
+async def test_handle_connect_builds_a_scope_whose_extensions_get_direct_send(peers: Any) -> None:
+    peer = peers()
+    await peer.open()
+    extensions = peer.protocol.scope["extensions"]
+    assert "websocket.http.response" in extensions, "uvicorn's own extensions are gone from the scope"
+    assert extensions[DIRECT_SEND_TEXT] == peer.protocol.direct_send_text
+
+
+async def test_start_keepalive_is_called_once_after_the_handshake_response_is_written(peers: Any) -> None:
+    """Ours frees the handshake's request and response there: uvicorn must not read them afterwards."""
+    calls: list[tuple[bytes, bool, bool]] = []
+
+    class Recording(BoundedWebSocketProtocol):
+        def start_keepalive(self) -> None:
+            calls.append((bytes(self.transport.written), self.request is not None, self.response is not None))
+            super().start_keepalive()
+
+    peer = peers(protocol_class=Recording)
+    await peer.open()
+    assert len(calls) == 1, "start_keepalive is no longer called exactly once per connection"
+    written, had_request, had_response = calls[0]
+    assert written.startswith(b"HTTP/1.1 101 "), "start_keepalive is called before the response is written"
+    assert had_request and had_response, "uvicorn no longer keeps the handshake as request / response"
+    protocol = peer.protocol
+    assert protocol.request is None and protocol.response is None
+    assert protocol.ping_timer is not None, "uvicorn's start_keepalive no longer schedules pings"
+    # A whole conversation afterwards, pings and a close included, never touches them.
+    peer.client.send_text(b"hello")
+    peer.client.send_ping(b"p")
+    peer.to_server()
+    await loop_turns()
+    assert [f.opcode for f in peer.frames()] == [Opcode.PONG]
+    await peer.app.send({"type": "websocket.send", "text": "out"})
+    protocol.send_keepalive_ping()
+    peer.client.send_close(1000)
+    peer.to_server()
+    await loop_turns()
+    assert peer.app.received[1] == {"type": "websocket.receive", "text": "hello"}
+    assert peer.app.received[-1]["type"] == "websocket.disconnect"
+
+
+async def test_direct_send_text_writes_a_frame_only_while_open_and_writable(peers: Any) -> None:
+    peer = peers()
+    protocol = peer.protocol
+    assert protocol.direct_send_text("early") is False  # no handshake yet
+    await peer.open()
+    assert protocol.direct_send_text("now") is True
+    assert [(f.opcode, f.data) for f in peer.frames()] == [(Opcode.TEXT, b"now")]
+    protocol.pause_writing()
+    assert protocol.direct_send_text("paused") is False
+    protocol.resume_writing()
+    assert protocol.direct_send_text("resumed") is True
+    await peer.app.send({"type": "websocket.close", "code": 1000})
+    assert protocol.close_sent, "uvicorn no longer marks close_sent when the app closes"
+    assert protocol.direct_send_text("closed") is False
+    assert [f.data for f in peer.frames() if f.opcode is Opcode.TEXT] == [b"resumed"]
+
+
+async def test_pause_writing_holds_the_apps_sends_until_resume_writing(peers: Any) -> None:
+    peer = peers()
+    await peer.open()
+    peer.protocol.pause_writing()
+    sending = asyncio.ensure_future(peer.app.send({"type": "websocket.send", "text": "held"}))
+    await loop_turns()
+    assert not sending.done(), "uvicorn's pause_writing no longer makes send() wait"
+    peer.protocol.resume_writing()
+    await asyncio.wait_for(sending, timeout(1))
+    assert [f.data for f in peer.frames()] == [b"held"]
+
+
+async def test_a_socket_unwritable_for_stall_seconds_is_closed_with_1013_then_aborted(
+    peers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BoundedWebSocketProtocol, "stall_seconds", 0.01)
+    monkeypatch.setattr(uvicorn_ws, "STALLED_CLOSE_SECONDS", 0.01)
+    peer = peers()
+    await peer.open()
+    peer.protocol.pause_writing()
+    async with asyncio.timeout(timeout(2)):
+        while not peer.transport.aborted:
+            await asyncio.sleep(0.01)
+    assert closes(peer.frames()) == [(1013, "stalled: not reading")]
+    await loop_turns()
+    assert peer.app.received[-1] == {
+        "type": "websocket.disconnect",
+        "code": 1013,
+        "reason": "stalled: not reading",
+    }
+
+
+async def test_connection_lost_after_pause_writing_cancels_the_stall_timer(peers: Any) -> None:
+    peer = peers()
+    await peer.open()
+    peer.protocol.pause_writing()
+    assert peer.protocol._stall_timer is not None
+    peer.protocol.connection_lost(None)
+    assert peer.protocol._stall_timer is None
+    assert peer.protocol.writable.is_set(), "uvicorn's connection_lost no longer releases waiting senders"
+
+
+async def test_send_receive_event_to_app_queues_the_message_and_pauses_reading_until_taken(
+    peers: Any,
+) -> None:
+    """Our override must keep uvicorn's flow control (its absence once exhausted memory)."""
+    peer = peers()
+    await peer.open()
+    peer.client.send_text("é".encode())
+    peer.client.send_binary(b"\x00")
+    peer.to_server()
+    protocol = peer.protocol
+    assert protocol.queue.qsize() == 2
+    assert protocol.read_paused and not peer.transport.reading, "reading is no longer paused"
+    await loop_turns()
+    assert peer.app.received[1:] == [
+        {"type": "websocket.receive", "text": "é"},
+        {"type": "websocket.receive", "bytes": b"\x00"},
+    ]
+    assert not protocol.read_paused and peer.transport.reading, "receive() no longer resumes reading"
+
+
+async def test_invalid_utf8_closes_with_1007_and_tells_the_app_without_a_traceback(
+    peers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = peers()
+    await peer.open()
+    peer.client.send_text(b"\xff\xfe")
+    peer.to_server()
+    await loop_turns()
+    assert closes(peer.frames()) == [(1007, "invalid UTF-8")]
+    assert peer.protocol.close_sent and peer.transport.closing
+    assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1007, "reason": "invalid UTF-8"}
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+async def test_handle_parser_exception_tells_the_app_sends_the_close_and_closes(peers: Any) -> None:
+    """What _drop and the 1007 close rely on, after conn.send_close()."""
+    peer = peers()
+    await peer.open()
+    peer.protocol.conn.send_close(1013, "why")
+    peer.protocol.handle_parser_exception()
+    await loop_turns()
+    assert closes(peer.frames()) == [(1013, "why")]
+    assert peer.protocol.close_sent and peer.transport.closing
+    assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1013, "reason": "why"}
+
+
+async def test_shutdown_closes_an_open_socket_with_1001_and_waits_for_the_clients_answer(
+    peers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    peer = peers()
+    other, idle = peers(server_state=peer.server_state), peers(server_state=peer.server_state)
+    await peer.open()
+    await other.open()
+    caplog.set_level("INFO", logger="wsproject.uvicorn_ws")
+    for connection in (peer, other, idle):  # as uvicorn's server does
+        connection.protocol.shutdown()
+    await loop_turns()
+    assert idle.transport.closing and idle.transport.take().startswith(b"HTTP/1.1 500")  # uvicorn's own
+    assert closes(other.frames()) == closes(peer.frames()) == [(1001, "going away")]
+    assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1001, "reason": "going away"}
+    assert not peer.transport.closing, "closed before the client could answer"
+    assert peer.protocol.close_timer is not None, "uvicorn's websocket.close no longer times the answer out"
+    ours = [r.getMessage() for r in caplog.records if r.name == "wsproject.uvicorn_ws"]
+    assert ours == ["Closing 2 WebSocket connections with 1001"]
+    peer.to_server()  # websockets' client answered the close frame when it read it
+    assert peer.transport.closing and peer.protocol.close_timer is None
+
+
+async def test_shutdown_gives_a_silent_client_shutdown_seconds(
+    peers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BoundedWebSocketProtocol, "shutdown_seconds", 0.01)
+    peer = peers()
+    await peer.open()
+    peer.protocol.shutdown()
+    async with asyncio.timeout(timeout(2)):
+        while not peer.transport.closing:
+            await asyncio.sleep(0.01)
+    assert closes(peer.frames()) == [(1001, "going away")]
+
+
+# ---------------------------------------------------------------- daphne and autobahn
+
+
+@pytest.fixture
+def daphne_compat(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """wsproject.daphne_compat, imported in this test process only (daphne is never imported by the
+    production server); what install() replaces is put back afterwards."""
+    import daphne.server
+
+    from wsproject import daphne_compat
+
+    monkeypatch.setattr(daphne.server, "WebSocketFactory", daphne.server.WebSocketFactory)
+    yield daphne_compat
+
+
+def daphne_protocol(daphne_compat: Any) -> tuple[Any, list[tuple[int, bytes]]]:
+    """A CompatWebSocketProtocol from its factory, open, with the frames it sends recorded."""
+    factory = daphne_compat.CompatWebSocketFactory(object(), server="test")
+    protocol = factory.buildProtocol(None)
+    sent: list[tuple[int, bytes]] = []
+    protocol.sendFrame = lambda opcode, payload=b"", **_: sent.append((opcode, payload))
+    protocol.state = protocol.STATE_OPEN
+    protocol.client_addr = ("127.0.0.1", 50000)  # set by daphne's onConnect
+    protocol.closeHandshakeTimeout = 0
+    return protocol, sent
+
+
+def test_daphne_builds_its_websocket_factory_by_the_name_install_replaces(daphne_compat: Any) -> None:
+    import daphne.server
+
+    run = inspect.getsource(daphne.server.Server.run)
+    assert "self.ws_factory = WebSocketFactory(self, " in run, (
+        "daphne's Server.run builds its factory otherwise"
+    )
+    daphne_compat.install()
+    assert daphne.server.WebSocketFactory is daphne_compat.CompatWebSocketFactory
+
+
+def test_websocket_factory_init_takes_the_server_and_the_factory_uses_our_protocol(
+    daphne_compat: Any,
+) -> None:
+    from daphne.ws_protocol import WebSocketFactory
+
+    assert list(inspect.signature(WebSocketFactory.__init__).parameters) == [
+        "self", "server_class", "args", "kwargs"
+    ], "daphne's WebSocketFactory.__init__ signature changed"  # fmt: skip
+    protocol, _ = daphne_protocol(daphne_compat)
+    assert isinstance(protocol, daphne_compat.CompatWebSocketProtocol), "buildProtocol ignores .protocol"
+    assert protocol.factory.server_class is not None
+
+
+def test_fail_by_drop_stays_off_through_daphnes_own_protocol_options(daphne_compat: Any) -> None:
+    assert (
+        "failByDrop" in inspect.signature(daphne_compat.CompatWebSocketFactory.setProtocolOptions).parameters
+    )
+    factory = daphne_compat.CompatWebSocketFactory(object(), server="test")
+    assert factory.failByDrop is False, "autobahn no longer keeps failByDrop as an attribute"
+    # What daphne's Server.run sets next (with its own values), as it does after building the factory.
+    factory.setProtocolOptions(autoPingTimeout=20, allowNullOrigin=True, openHandshakeTimeout=5)
+    assert factory.failByDrop is False
+
+
+def test_autobahns_send_close_frame_sends_any_code_with_the_reason(daphne_compat: Any) -> None:
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    assert list(inspect.signature(WebSocketProtocol.sendCloseFrame).parameters) == [
+        "self", "code", "reasonUtf8", "isReply"
+    ], "autobahn's sendCloseFrame signature changed"  # fmt: skip
+    protocol, sent = daphne_protocol(daphne_compat)
+    protocol.handle_reply({"type": "websocket.close", "code": 1013, "reason": "later"})
+    assert sent == [(8, b"\x03\xf5later")], "sendCloseFrame no longer writes the close frame via sendFrame"
+    assert protocol.state == protocol.STATE_CLOSING
+
+
+def test_server_close_keeps_daphnes_calls_working(daphne_compat: Any) -> None:
+    """daphne calls serverClose() (timeouts) and serverClose(code=...) (handle_reply): ours takes both."""
+    import daphne.ws_protocol
+
+    source = inspect.getsource(daphne.ws_protocol)
+    calls = set(re.findall(r"self\.serverClose\((.*)\)$", source, re.MULTILINE))
+    assert calls, "daphne no longer calls serverClose"
+    assert all(call == "" or call.startswith("code=") for call in calls), f"daphne calls serverClose({calls})"
+    ours = inspect.signature(daphne_compat.CompatWebSocketProtocol.serverClose).parameters
+    assert set(inspect.signature(daphne.ws_protocol.WebSocketProtocol.serverClose).parameters) <= set(ours)
+    protocol, sent = daphne_protocol(daphne_compat)
+    protocol.serverClose()
+    assert sent == [(8, b"\x03\xe8")]
+
+
+def test_handle_reply_is_how_daphnes_server_passes_on_each_message_of_the_app(daphne_compat: Any) -> None:
+    import daphne.server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    assert list(inspect.signature(WebSocketProtocol.handle_reply).parameters) == ["self", "message"]
+    assert "protocol.handle_reply(message)" in inspect.getsource(daphne.server.Server.handle_reply)
+    assert hasattr(WebSocketProtocol, "STATE_CONNECTING") and hasattr(WebSocketProtocol, "STATE_OPEN")
+    protocol, sent = daphne_protocol(daphne_compat)
+    protocol.state = protocol.STATE_CONNECTING
+    with pytest.raises(ValueError, match="not been accepted"):  # daphne's own, reached through super()
+        protocol.handle_reply({"type": "websocket.send", "text": "early"})
+    assert sent == []
+
+
+def test_a_send_after_the_client_left_raises_client_gone_an_os_error(daphne_compat: Any) -> None:
+    from autobahn.exception import Disconnected
+
+    assert issubclass(Disconnected, Exception)
+    protocol, _ = daphne_protocol(daphne_compat)
+    protocol.state = protocol.STATE_CLOSED
+    with pytest.raises(daphne_compat.ClientGone) as gone:
+        protocol.handle_reply({"type": "websocket.send", "text": "late"})
+    assert isinstance(gone.value, OSError) and isinstance(gone.value.__cause__, Disconnected), (
+        "autobahn no longer raises Disconnected for a send on a closed protocol"
+    )
+
+
+def test_daphnes_runserver_command_is_there_to_extend() -> None:
+    from daphne.management.commands.runserver import Command
+
+    from wsproject.devserver.management.commands import runserver
+
+    assert runserver.MISSING is None and issubclass(runserver.Command, Command)
+    assert "handle" in vars(Command), "daphne's runserver no longer has its own handle()"
+
+
+# ---------------------------------------------------------------- versions
+
+
+def pins(requirements: str) -> dict[str, str]:
+    """``name==version`` lines of a requirements file, by canonical name."""
+    found = {}
+    for line in (ROOT / requirements).read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            found[canonicalize_name(name)] = version.strip()
+    return found
+
+
+def assert_pinned(tested: dict[str, str], requirements: str) -> None:
+    pinned = pins(requirements)
+    for package, version in tested.items():
+        assert pinned.get(canonicalize_name(package)) == version, f"{package} in {requirements}"
+        assert metadata.version(package) == version, f"{package} installed here"
+
+
+def test_uvicorn_ws_was_tested_with_the_pinned_uvicorn_and_websockets() -> None:
+    assert_pinned(uvicorn_ws.TESTED, "requirements.txt")
+
+
+def test_daphne_compat_was_tested_with_the_pinned_daphne_and_autobahn(daphne_compat: Any) -> None:
+    assert_pinned(daphne_compat.TESTED, "requirements-dev.txt")
+
+
+def test_an_untested_version_is_one_line_saying_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(versions.ALLOW_UNTESTED, raising=False)
+    assert uvicorn_ws.refusal() is None
+    message = versions.refusal({"uvicorn": "0.0.1", "not-a-package-here": "1"}, "wsproject/uvicorn_ws.py")
+    assert message is not None and "\n" not in message
+    assert message.startswith(
+        f"uvicorn {uvicorn.__version__} is not the tested 0.0.1; not-a-package-here is not"
+    )
+    assert "tests/test_internals.py" in message and message.endswith(
+        "(set WS_ALLOW_UNTESTED_SERVER=1 to try anyway)"
+    )
+
+
+def test_the_variable_lets_an_untested_version_start_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(versions.ALLOW_UNTESTED, "1")
+    assert versions.refusal({"uvicorn": "0.0.1"}, "m") is None
+    assert "uvicorn " + uvicorn.__version__ + " is not the tested 0.0.1; starting anyway" in caplog.text
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        check=False,
+        cwd=ROOT,
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout(60),
+    )
+
+
+def test_the_production_server_refuses_an_untested_uvicorn_in_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if k != versions.ALLOW_UNTESTED}
+    done = run_python(
+        "from wsproject import server, uvicorn_ws; uvicorn_ws.TESTED['uvicorn'] = '0.0.1'; server.main()",
+        "--port", "0", env=env,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (
+        f"wsproject.server: uvicorn {uvicorn.__version__} is not the tested 0.0.1: wsproject/uvicorn_ws.py "
+        "relies on internals that tests/test_internals.py checks against the tested versions "
+        "(set WS_ALLOW_UNTESTED_SERVER=1 to try anyway)\n"
+    )
+
+
+def test_runserver_refuses_an_untested_daphne_in_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if k != versions.ALLOW_UNTESTED}
+    done = run_python(
+        "import runpy, sys; from wsproject import daphne_compat; daphne_compat.TESTED['daphne'] = '0.0.1'; "
+        "sys.argv = ['manage.py', 'runserver', '127.0.0.1:0', '--noreload']; "
+        "runpy.run_path('manage.py', run_name='__main__')",
+        env=env,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("CommandError: daphne 4.2.3 is not the tested 0.0.1: ")
+    assert "Traceback" not in done.stderr and "Listening" not in done.stderr + done.stdout
+
+
+def test_the_production_server_says_in_one_line_what_configuration_is_missing() -> None:
+    env = {**os.environ, "DJANGO_SECRET_KEY": "", "DJANGO_DEBUG": "0"}
+    done = run_python("from wsproject import server; server.main()", "--port", "0", env=env)
+    assert done.returncode == 2
+    assert (
+        done.stderr.startswith("wsproject.server: DJANGO_SECRET_KEY is not set")
+        and done.stderr.count("\n") == 1
+    )
+
+
+# ---------------------------------------------------------------- daphne stays out of production
+
+
+async def test_no_production_server_process_imports_daphne_twisted_or_autobahn(
+    server_env: dict[str, str],
+) -> None:
+    """Every import of every process (supervisor and two workers) shows, as Python's -X importtime."""
+    env = {**server_env, "PYTHONPROFILEIMPORTTIME": "1", "WEB_CONCURRENCY": "2"}
+    with start_server([sys.executable, "-m", "wsproject.server", "--port", "0"], env) as running:
+        running.output.wait_for_count(r"Started server process \[\d+\]", 2, 30)
+        async with websockets.connect(running.ws_url("/ws/echo/?topics=prices"), origin=running.origin) as ws:
+            await ws.send("imports")
+            assert await next_echo(ws) == "imports"
+        await asyncio.to_thread(stop, running.process)
+        output = running.output.drain()
+    imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \| +([\w.]+)$", output, re.MULTILINE)
+    assert imported.count("echo.consumers") == 2, "each worker's imports should show"
+    forbidden = sorted({name for name in imported if name.split(".")[0] in FORBIDDEN_IN_PRODUCTION})
+    assert forbidden == [], f"the production server imported {forbidden}"
+
+
+NOT_INSTALLED = """
+import importlib.abc, runpy, sys
+
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {FORBIDDEN!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+sys.argv = ["manage.py", *sys.argv[1:]]
+runpy.run_path("manage.py", run_name="__main__")
+"""
+
+
+def test_without_daphne_installed_the_app_builds_and_runserver_says_what_to_install() -> None:
+    script = NOT_INSTALLED.format(FORBIDDEN=set(FORBIDDEN_IN_PRODUCTION))
+    env = {**os.environ, "DJANGO_ENV_FILE": ""}
+    checked = run_python(
+        script, "shell", "-c", "from wsproject.asgi import application; print('built')", env=env
+    )
+    assert checked.returncode == 0 and checked.stdout.splitlines()[-1] == "built", checked.stderr
+    refused = run_python(script, "runserver", "127.0.0.1:0", "--noreload", env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        "CommandError: runserver is daphne, a development dependency (No module named 'daphne'): pip install "
+        "-r requirements-dev.txt, or run the production server: python -m wsproject.server"
+    )
+
+
+def test_the_production_requirements_hold_everything_they_pull_in_and_nothing_of_daphne() -> None:
+    production = pins("requirements.txt")
+    needed: set[str] = set()
+    pending = list(production)
+    while pending:
+        name = pending.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(canonicalize_name(requirement.name))
+    assert needed <= set(production), f"not pinned in requirements.txt: {sorted(needed - set(production))}"
+    assert not {"daphne", "twisted", "autobahn"} & needed
+    development = pins("requirements-dev.txt")
+    assert {"daphne", "twisted", "autobahn"} <= set(development)
+    assert Path(ROOT / "Dockerfile").read_text().count("requirements-dev") == 0
