@@ -14,9 +14,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from echo import feeds
 from echo.broadcast import LayerNotShared, Publisher
-from echo.layer import redact_url
 from echo.protocol import FrameError, Position, validate_topic
 from echo.pump import Pump, paced, stdin_lines
+from echo.redis_link import redact_url
 
 MAX_RATE = 10_000.0
 
