@@ -9,11 +9,11 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.conf import settings
 from redis.exceptions import RedisError
 
 from echo import connections, delivery, metrics
 from echo.capabilities import capabilities
+from echo.conf import app_settings as settings
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
 from echo.protocol import (
