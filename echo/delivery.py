@@ -1,9 +1,10 @@
 """How pushed messages reach one connection's socket on this project's layer, without a task per message.
 
 Channels' own loop (``await_many_dispatch``) keeps a task waiting in the layer's ``receive`` for each
-connection's whole life, and makes a task and an ``asyncio.wait`` per message: at 1,000 clients x 50
-messages/s that was most of the server's CPU. On ``echo.layer.RedisFanoutChannelLayer``, ``serve``
-runs the connection instead, and every layer event takes one route:
+connection's whole life, and makes a task and an ``asyncio.wait`` per message, which is most of the
+server's CPU when thousands of connections receive tens of messages a second (README: Performance).
+On ``echo.layer.RedisFanoutChannelLayer``, ``serve`` runs the connection instead, and every layer
+event takes one route:
 
     layer reader --> Delivery.offer(event) --(idle, next in stream)--> written now (x-direct-send-text)
                                            \\--(anything else)--------> queued --> drain task -->
