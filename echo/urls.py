@@ -5,6 +5,8 @@ from django.urls import path
 from echo.api import topics
 from echo.views import index
 
+app_name = "echo"
+
 urlpatterns = [
     path("", index, name="index"),
     path("api/topics", topics, name="topics"),
