@@ -54,7 +54,10 @@ def pack(samples: array.array[float]) -> str:
 
 # The data frame's head as the project and the baseline encode it: parsed without json.loads, because
 # at tens of thousands of frames per second the client's own parsing would cap what it can measure.
-DATA_HEAD = re.compile(r'\{"type":"data","topic":"([^"]*)","seq":(\d+),"ts":([0-9.eE+-]+)[,}]')
+# The project's frames carry their stream's epoch before the seq; the baseline's do not.
+DATA_HEAD = re.compile(
+    r'\{"type":"data","topic":"([^"]*)",(?:"epoch":"[0-9a-z]*",)?"seq":(\d+),"ts":([0-9.eE+-]+)[,}]'
+)
 
 
 def parse_data_frame(line: str, topic: str) -> tuple[int, float] | None:

@@ -17,10 +17,13 @@ from typing import Any, TypeVar
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
+from echo.capabilities import capabilities
 from echo.protocol import (
     RELAY_EVENT,
     Position,
+    encode_data_frame,
     encode_data_frame_around_position,
+    relay_event,
     topic_group,
     validate_topic,
     validate_values,
@@ -50,29 +53,33 @@ def shared_channel_layer() -> BaseChannelLayer:
 class Publisher:
     """Publishes data frames for topics through the channel layer.
 
-    Each frame's position comes from Redis: an ``epoch`` and a ``seq`` counting within it, one stream per
-    topic shared by every publisher, in the same order as live delivery and the topic's history (the
-    layer's "numbered" extension). A failed
-    publish (Redis unreachable) raises; nothing was numbered or sent.
+    On this project's layer each frame's position comes from Redis: an ``epoch`` and a ``seq``
+    counting within it, one stream per topic shared by every publisher, in the same order as live
+    delivery and the topic's history (the layer's "numbered" extension). On another Channels layer
+    the frame goes out with plain ``group_send``, without a position or history (``echo.capabilities``).
+    A failed publish (Redis unreachable) raises; nothing was numbered or sent.
     """
 
     def __init__(self, layer: BaseChannelLayer | None = None) -> None:
         self.layer = layer if layer is not None else shared_channel_layer()
-        if "numbered" not in getattr(self.layer, "extensions", ()):
-            raise LayerNotShared(
-                f"{type(self.layer).__name__} cannot number messages or keep history: "
-                "use echo.layer.RedisFanoutChannelLayer"
-            )
+        self.numbered = capabilities(self.layer).numbered
 
     async def publish(self, topic: str, values: Mapping[str, Any], ts: float | None = None) -> Position:
         """Publish one frame of ``values`` on ``topic``; return its position (``epoch``, ``seq``).
 
-        Raises ``FrameError`` for a bad topic or values, and the layer's error (``redis.RedisError``,
+        The position is ``Position(None, 0)`` on a layer that does not number messages. Raises
+        ``FrameError`` for a bad topic or values, and the layer's error (``redis.RedisError``,
         ``OSError``) when Redis cannot be reached.
         """
         validate_topic(topic)
         checked = validate_values(values)
-        text = encode_data_frame_around_position(topic, time.time() if ts is None else ts, checked)
+        ts = time.time() if ts is None else ts
+        if not self.numbered:
+            await self.layer.group_send(
+                topic_group(topic), relay_event(encode_data_frame(topic, ts, checked))
+            )
+            return Position(None, 0)
+        text = encode_data_frame_around_position(topic, ts, checked)
         epoch, seq = await self.layer.group_send_numbered(topic_group(topic), RELAY_EVENT, text)
         return Position(epoch, seq)
 

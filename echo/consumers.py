@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from django.conf import settings
 from redis.exceptions import RedisError
 
-from echo import connections, metrics
-from echo.connections import DIRECT_SEND_TEXT
+from echo import connections, delivery, metrics
+from echo.capabilities import capabilities
+from echo.conf import app_settings as settings
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
-from echo.protocol import RELAY_EVENT, error_frame, group_topic, topic_group
+from echo.protocol import (
+    RELAY_EVENT,
+    error_frame,
+    group_topic,
+    reset_frame,
+    topic_group,
+    warning_frame,
+)
 from echo.streams import TopicStreams, Verdict
 from echo.subscription import CLOSE_POLICY_VIOLATION, ClientError, Subscription, parse_subscription
 
 logger = logging.getLogger(__name__)
 
-# RFC 6455 close codes: "try again later" (the server could not keep up with this client) and
-# "message too big".
+# RFC 6455 close codes: "try again later" and "message too big".
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_BIG = 1009
 
-# Replayed history goes out in text frames of at most this many characters, newline-separated.
+# Several frames go out newline-joined in text frames of at most this many characters.
 BATCH_CHARS = 64 * 1024
 
 
@@ -38,142 +41,34 @@ class EchoConsumer(AsyncWebsocketConsumer):
     """One WebSocket connection: an echo of what the client sends, plus live data of chosen topics.
 
     On connect the client gets recent history (or exactly what it missed, with ``since``), then live
-    frames, with no gap and no duplicate between the two. Nothing a client sends reaches anyone else.
+    frames, with no gap and no duplicate between the two (``echo.streams``). Nothing a client sends
+    reaches anyone else. Runs on any Channels layer with groups; history, ``since`` and presence need
+    this project's layer (``echo.capabilities``).
     """
 
     subscription: Subscription
     streams: TopicStreams
     joined = False
     closing = False
-    history_unavailable = False  # the last attempt to read history failed
     counted_address: str | None = None
-    # The task handling queued layer events, while there are any (see _events_queued).
-    _drainer: asyncio.Task[None] | None = None
-    _direct_send: Callable[[str], bool]
+    history_unavailable = False  # the last attempt to read history failed
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Run the connection: client frames and channel-layer events, handled one at a time.
-
-        Replaces Channels' ``await_many_dispatch``, which makes a task and an ``asyncio.wait`` per
-        message (over half the server's CPU at 1,000 clients x 50 messages/s). Here one loop reads
-        the client; layer events are handled by a task that exists only while events are queued;
-        a lock keeps handlers strictly one at a time, as Channels does; and layer events already
-        waiting are handled together, so a client that fell behind gets one frame carrying all it
-        missed instead of one frame per message. On the production server, the layer writes pushed
-        messages to an idle connection itself (``_deliver_directly``), so most messages never start
-        a task at all. An idle connection has no task of its own besides the server's.
-        """
-        self.scope = scope
-        self.base_send = send
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        self.channel_name = await self.channel_layer.new_channel()
-        self._connection = asyncio.current_task()
-        self._turn = asyncio.Lock()
-        self.channel_layer.on_queued(self.channel_name, self._events_queued)
-        direct_send = (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT)
-        if direct_send is not None:
-            self._direct_send = direct_send
-            self.channel_layer.set_direct_delivery(self.channel_name, self._deliver_directly)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.turn = asyncio.Lock()  # handlers run one at a time, as Channels guarantees
         self.rate = FrameRateLimit(
             rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
         )
-        try:
-            while True:
-                message = await receive()
-                async with self._turn:
-                    await self.dispatch(message)
-        except StopConsumer:
-            pass
-        finally:
-            # Forgotten first, so that nothing more is queued and no new drainer starts.
-            await self.channel_layer.forget_channel(self.channel_name)
-            if self._drainer is not None:
-                self._drainer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._drainer
 
-    def _deliver_directly(self, event: dict[str, Any]) -> bool:
-        """Called by the layer's reader with a new event while this consumer's queue is empty.
-
-        Sends a pushed message right away, without waking this connection's task, when nothing else
-        is in progress or pending here (a handler running holds ``_turn``; queued events have a
-        drainer until they are sent) and it is simply the next frame of its stream; returns False to
-        have it queued, so that order is kept and anything else is handled by ``handle_layer_events``.
-        """
-        if event["type"] != RELAY_EVENT or self._drainer is not None or self._turn.locked() or self.closing:
-            return False
-        seq = event.get("seq")
-        if seq is None:  # not part of a stream (presence)
-            sent: bool = self._direct_send(event["text"])
-            if sent:
-                metrics.inc("ws_frames_out_total")
-            return sent
-        group, epoch = event["group"], event["epoch"]
-        verdict = self.streams.check(group, epoch, seq)
-        if verdict is Verdict.DUPLICATE:
-            return True
-        if verdict is Verdict.RECOVER or not self._direct_send(event["text"]):
-            return False
-        self.streams.advance(group, epoch, seq)
-        metrics.inc("ws_messages_relayed_total")
-        metrics.inc("ws_frames_out_total")
-        return True
-
-    def _events_queued(self) -> None:
-        """Called by the layer when this consumer's queue stops being empty: start draining, if not yet."""
-        if self._drainer is None:
-            self._drainer = asyncio.get_running_loop().create_task(self._drain_layer_events())
-
-    async def _drain_layer_events(self) -> None:
-        """Handle queued layer events, batch by batch, until none is left; then end."""
-        layer, channel = self.channel_layer, self.channel_name
-        try:
-            while events := layer.receive_nowait_all(channel):
-                async with self._turn:
-                    await self.handle_layer_events(events)
-        except Exception:
-            # A bug, not the client's doing: end the connection rather than leave it deaf.
-            logger.exception("Relaying to %s failed", self.scope.get("client"))
-            metrics.inc("ws_errors_total", "relay")
-            if self._connection is not None:
-                self._connection.cancel()
-        finally:
-            self._drainer = None
-
-    async def handle_layer_events(self, events: list[dict[str, Any]]) -> None:
-        """Called with every layer event waiting: relay frames go out newline-joined in one frame."""
-        texts: list[str] = []
-        for event in events:
-            if event["type"] != RELAY_EVENT:
-                await self._relay(texts)  # what came before another event goes out before it
-                texts = []
-                await self.dispatch(event)
-            elif "seq" not in event:
-                texts.append(event["text"])  # not part of a stream (presence)
-            elif (
-                verdict := self.streams.check(event["group"], event["epoch"], event["seq"])
-            ) is Verdict.SEND:
-                self.streams.advance(event["group"], event["epoch"], event["seq"])
-                texts.append(event["text"])
-            elif verdict is Verdict.RECOVER:
-                await self._relay(texts)
-                texts = []
-                # History holds this frame too (it is numbered before it is published), so catching up
-                # sends it along with whatever was missed before it.
-                await self.send_batched(await self.catch_up(event["group"]))
-                if self.history_unavailable:
-                    # Sending it would leave a hole: the client reconnects with since instead.
-                    error = ClientError(
-                        "history_unavailable", "history cannot be read", CLOSE_TRY_AGAIN_LATER
-                    )
-                    await self.refuse(error)
-                    return
-        await self._relay(texts)
-
-    async def _relay(self, texts: list[str]) -> None:
-        if texts and not self.closing:
-            metrics.inc("ws_messages_relayed_total", amount=len(texts))
-            await self.send_batched(texts)
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' own loop on any layer; on this project's layer ``echo.delivery``'s, with no
+        task per message and pushed frames written straight to idle sockets."""
+        self.channel_layer = layer = get_channel_layer(self.channel_layer_alias)
+        self.features = capabilities(layer)
+        if self.features.attach:
+            await delivery.serve(self, scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every ASGI and channel-layer event: route it to its handler.
@@ -187,9 +82,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    # ------------------------------------------------------------ connection lifecycle
+    # ------------------------------------------------------------ lifecycle
 
-    async def websocket_connect(self, message: dict[str, Any]) -> None:
+    async def connect(self) -> None:
         """Called on the handshake: check the URL, catch up on each topic, join them, accept.
 
         History is read before joining, so the client's position is known before any live frame
@@ -200,7 +95,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
             self.subscription = parse_subscription(
                 self.scope.get("query_string", b""),
                 default_history=settings.WS_HISTORY_DEFAULT,
-                max_history=self.channel_layer.history_length,
+                max_history=getattr(self.channel_layer, "history_length", settings.WS_HISTORY_DEFAULT),
             )
         except ClientError as error:
             await self.accept()
@@ -211,13 +106,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
         self.counted_address = per_address.try_add(address, cap)
         if self.counted_address is None and not per_address.exempt(address, cap):
             await self.accept()
-            await self.refuse(
-                ClientError(
-                    "too_many_connections",
-                    f"at most {settings.WS_MAX_CONNECTIONS_PER_ADDRESS} connections per address",
-                    CLOSE_TRY_AGAIN_LATER,
-                )
-            )
+            limit = f"at most {cap} connections per address"
+            await self.refuse(ClientError("too_many_connections", limit, CLOSE_TRY_AGAIN_LATER))
             return
         self.groups = [topic_group(topic) for topic in self.subscription.topics]
         self.streams = TopicStreams(
@@ -228,7 +118,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
-        presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).join(self.subscription.topics)
+        if self.features.presence:
+            presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).join(self.subscription.topics)
         self.joined = True
         connections.opened(self)
         metrics.inc("ws_connections_total")
@@ -237,7 +128,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, after the groups were left."""
         if self.joined:
-            presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).leave(self.subscription.topics)
+            if self.features.presence:
+                presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).leave(self.subscription.topics)
             connections.closed(self)
         per_address.remove(self.counted_address)
 
@@ -249,68 +141,6 @@ class EchoConsumer(AsyncWebsocketConsumer):
         metrics.inc("ws_closed_total", str(error.close_code))
         await self.send(text_data=error_frame(error.code, error.detail))
         await self.close(code=error.close_code, reason=error.code)
-
-    # ------------------------------------------------------------ history
-
-    async def catch_up(self, group: str) -> list[str]:
-        """The frames the client is owed of ``group`` from history (``TopicStreams.catch_up``).
-
-        If Redis cannot be read, returns none and leaves the client's position as it is: the
-        layer's resync catches up once Redis is back, and a live frame that finds a hole first
-        closes the connection with 1013 (see ``handle_layer_events``).
-        """
-        try:
-            caught_up = await self.streams.catch_up(group, self.channel_layer.group_history)
-        except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning(
-                "History of %r unavailable for %s (%s); it is sent when Redis is back",
-                group_topic(group),
-                self.scope.get("client"),
-                exc,
-            )
-            self.history_unavailable = True
-            return []
-        self.history_unavailable = False
-        metrics.inc("ws_messages_replayed_total", amount=caught_up.replayed)
-        if caught_up.reset:
-            metrics.inc("ws_resets_total")
-        return caught_up.frames
-
-    async def send_frame(self, message: dict[str, Any]) -> None:
-        """Send one ASGI ``websocket.send`` message: the hot path, without the base class's layers."""
-        try:
-            await self.base_send(message)
-        except OSError:
-            # The client went away while this was on its way (ASGI servers raise an OSError then);
-            # the disconnect event that follows ends this consumer.
-            self.closing = True
-        except RuntimeError as exc:
-            # The server closed the socket itself (a frame too big, invalid UTF-8) while frames it
-            # had already passed on were still queued for us: what is left has nowhere to go.
-            if "websocket.close" not in str(exc):
-                raise
-            self.closing = True
-
-    async def send_batched(self, frames: list[str]) -> None:
-        """Send frames newline-joined in as few text frames as ``BATCH_CHARS`` allows."""
-        if not frames:
-            return
-        if len(frames) == 1:
-            metrics.inc("ws_frames_out_total")
-            await self.send_frame({"type": "websocket.send", "text": frames[0]})
-            return
-        batch: list[str] = []
-        size = 0
-        for frame in frames:
-            if batch and size + len(frame) > BATCH_CHARS:
-                metrics.inc("ws_frames_out_total")
-                await self.send_frame({"type": "websocket.send", "text": "\n".join(batch)})
-                batch, size = [], 0
-            batch.append(frame)
-            size += len(frame) + 1
-        if batch:
-            metrics.inc("ws_frames_out_total")
-            await self.send_frame({"type": "websocket.send", "text": "\n".join(batch)})
 
     # ------------------------------------------------------------ client frames
 
@@ -334,12 +164,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
         if not self.rate.allow():
             metrics.inc("ws_dropped_total", "rate_limit")
             if self.rate.abusive:
-                limit = settings.WS_RATE_LIMIT
-                await self.refuse(
-                    ClientError(
-                        "rate_limited", f"more than {limit:g} frames/s, persistently", CLOSE_POLICY_VIOLATION
-                    )
-                )
+                limit = f"more than {settings.WS_RATE_LIMIT:g} frames/s, persistently"
+                await self.refuse(ClientError("rate_limited", limit, CLOSE_POLICY_VIOLATION))
             return
         metrics.inc("ws_frames_out_total")
         if text_data is not None:
@@ -348,6 +174,53 @@ class EchoConsumer(AsyncWebsocketConsumer):
             await self.send_frame({"type": "websocket.send", "bytes": bytes_data})
 
     # ------------------------------------------------------------ channel-layer events
+
+    async def relay_frame(self, event: dict[str, Any]) -> None:
+        """Called with one pushed frame (Channels' own loop: one event at a time)."""
+        await self.handle_layer_events([event])
+
+    async def handle_layer_events(self, events: list[dict[str, Any]]) -> None:
+        """Called with layer events in order: pushed frames go out newline-joined, as few frames as can be.
+
+        A frame that is not simply the next of its stream (a hole before it, another epoch) makes the
+        client catch up from history first, which holds that frame too (it is stored before it is
+        published).
+        """
+        texts: list[str] = []
+        for event in events:
+            if event["type"] != RELAY_EVENT:
+                await self._relay(texts)  # what came before another event goes out before it
+                texts = []
+                await self.dispatch(event)
+                continue
+            verdict = self.verdict(event)
+            if verdict is Verdict.SEND:
+                self.relayed(event)
+                texts.append(event["text"])
+            elif verdict is Verdict.RECOVER:
+                await self._relay(texts)
+                texts = []
+                await self.send_batched(await self.catch_up(event["group"]))
+                if self.history_unavailable:
+                    # Sending it would leave a hole: the client reconnects with since instead.
+                    unreadable = ClientError(
+                        "history_unavailable", "history cannot be read", CLOSE_TRY_AGAIN_LATER
+                    )
+                    await self.refuse(unreadable)
+                    return
+        await self._relay(texts)
+
+    def verdict(self, event: dict[str, Any]) -> Verdict:
+        """What to do with a pushed frame: frames that are not numbered (presence, plain layers) are sent."""
+        if "seq" not in event:
+            return Verdict.SEND
+        return self.streams.check(event["group"], event["epoch"], event["seq"])
+
+    def relayed(self, event: dict[str, Any]) -> None:
+        """Record that a pushed frame is on its way to the client."""
+        if "seq" in event:
+            self.streams.advance(event["group"], event["epoch"], event["seq"])
+            metrics.inc("ws_messages_relayed_total")
 
     async def layer_resync(self, event: dict[str, Any]) -> None:
         """Called after the server reconnected to Redis: send what was published while it was away.
@@ -373,3 +246,79 @@ class EchoConsumer(AsyncWebsocketConsumer):
         metrics.inc("ws_closed_total", str(CLOSE_TRY_AGAIN_LATER))
         self.closing = True
         await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="too slow: messages dropped")
+
+    # ------------------------------------------------------------ history
+
+    async def catch_up(self, group: str) -> list[str]:
+        """The frames the client is owed of ``group`` from history (``TopicStreams.catch_up``).
+
+        If Redis cannot be read, returns none and leaves the client's position as it is: the
+        layer's resync catches up once Redis is back, and a live frame that finds a hole first
+        closes the connection with 1013 (see ``handle_layer_events``). On a layer without history,
+        says so instead (see ``echo.capabilities``).
+        """
+        if not self.features.numbered:
+            return self._without_history(group)
+        try:
+            caught_up = await self.streams.catch_up(group, self.channel_layer.group_history)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "History of %r unavailable for %s (%s); it is sent when Redis is back",
+                group_topic(group),
+                self.scope.get("client"),
+                exc,
+            )
+            self.history_unavailable = True
+            return []
+        self.history_unavailable = False
+        metrics.inc("ws_messages_replayed_total", amount=caught_up.replayed)
+        if caught_up.reset:
+            metrics.inc("ws_resets_total")
+        return caught_up.frames
+
+    def _without_history(self, group: str) -> list[str]:
+        topic = group_topic(group)
+        frames = []
+        if self.streams.position(group) is not None:
+            frames.append(reset_frame(topic, None, "this server's channel layer keeps no history"))
+        if self.subscription.history and group == self.groups[0]:
+            frames.append(warning_frame("no_history", "this server's channel layer keeps no history"))
+        return frames
+
+    # ------------------------------------------------------------ sending
+
+    async def send_frame(self, message: dict[str, Any]) -> None:
+        """Send one ASGI ``websocket.send`` message: the hot path, without the base class's layers."""
+        try:
+            await self.base_send(message)
+        except OSError:
+            # The client went away while this was on its way (ASGI servers raise an OSError then);
+            # the disconnect event that follows ends this consumer.
+            self.closing = True
+        except RuntimeError as exc:
+            # The server closed the socket itself (a frame too big, invalid UTF-8) while frames it
+            # had already passed on were still queued for us: what is left has nowhere to go.
+            if "websocket.close" not in str(exc):
+                raise
+            self.closing = True
+
+    async def _relay(self, texts: list[str]) -> None:
+        if texts and not self.closing:
+            await self.send_batched(texts)
+
+    async def send_batched(self, frames: list[str]) -> None:
+        """Send frames newline-joined in as few text frames as ``BATCH_CHARS`` allows."""
+        batch: list[str] = []
+        size = 0
+        for frame in frames:
+            if batch and size + len(frame) > BATCH_CHARS:
+                await self._send_text("\n".join(batch))
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame) + 1
+        if batch:
+            await self._send_text(batch[0] if len(batch) == 1 else "\n".join(batch))
+
+    async def _send_text(self, text: str) -> None:
+        metrics.inc("ws_frames_out_total")
+        await self.send_frame({"type": "websocket.send", "text": text})

@@ -19,8 +19,9 @@ from collections import Counter
 
 from redis.exceptions import RedisError
 
-from echo.layer import RedisFanoutChannelLayer, raise_if_cancelling
+from echo.layer import RedisFanoutChannelLayer
 from echo.protocol import presence_frame, relay_event, topic_group
+from echo.redis_link import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 

@@ -115,6 +115,11 @@ def encode_data_frame_around_position(
     return before, between, after
 
 
+def encode_data_frame(topic: str, ts: float, values: Mapping[str, float | int]) -> str:
+    """Encode a data frame with no position, for a channel layer that does not number messages."""
+    return encode({"type": "data", "topic": topic, "ts": ts, "values": values})
+
+
 def as_replay(text: str) -> str:
     """Mark an encoded data frame as replayed from history: ``"replay": true`` added at its end."""
     return text[:-1] + ',"replay":true}'
@@ -133,7 +138,13 @@ def presence_frame(topic: str, count: int) -> str:
 
 
 def error_frame(code: str, detail: str) -> str:
+    """The request or the client's behaviour was refused; a close follows."""
     return encode({"type": "error", "code": code, "detail": detail})
+
+
+def warning_frame(code: str, detail: str) -> str:
+    """Something the client asked for is not available here; the connection carries on without it."""
+    return encode({"type": "warning", "code": code, "detail": detail})
 
 
 def relay_event(text: str) -> dict[str, str]:

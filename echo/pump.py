@@ -20,8 +20,8 @@ from redis.exceptions import RedisError
 
 from echo.broadcast import Publisher
 from echo.feeds import BadLine, Values, parse_line
-from echo.layer import raise_if_cancelling, redact_url
 from echo.protocol import FrameError, Position
+from echo.redis_link import raise_if_cancelling, redact_url
 
 logger = logging.getLogger(__name__)
 

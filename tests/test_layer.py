@@ -9,8 +9,9 @@ import socket
 import pytest
 from redis.exceptions import RedisError
 
-from echo.layer import RedisFanoutChannelLayer, redact_url
+from echo.layer import RedisFanoutChannelLayer
 from echo.protocol import OVERFLOW_EVENT
+from echo.redis_link import redact_url
 
 REDIS_URL = os.environ["REDIS_URL"]
 
@@ -102,7 +103,7 @@ async def test_a_consumer_can_be_woken_by_a_callback_instead_of_waiting_in_recei
     for channel in (watched, marker):
         await layer.group_add("g", channel)
     calls: list[str] = []
-    layer.on_queued(watched, lambda: calls.append("woken"))
+    layer.attach(watched, lambda: calls.append("woken"))
 
     async def publish(n: int) -> None:
         await layer.group_send("g", {"type": "t", "n": n})

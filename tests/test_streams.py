@@ -48,7 +48,8 @@ async def epoch_of(topic: str) -> str:
 async def lose_stream(layer, topic: str) -> None:
     """Delete the topic's counter and history from Redis, as a Redis restarted empty would have."""
     group = topic_group(topic)
-    await layer.redis().delete(layer._stream_key(group), layer._history_key(group))
+    prefix = f"{layer.prefix}:"
+    await layer.redis().delete(f"{prefix}stream:{group}", f"{prefix}history:{group}")
 
 
 async def test_history_is_replayed_on_connect_in_order_then_live(topic) -> None:

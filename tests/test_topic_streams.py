@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from echo.layer import History
+from echo.history import History
 from echo.protocol import Position
 from echo.streams import TopicStreams, Verdict
 

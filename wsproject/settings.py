@@ -101,21 +101,21 @@ DATABASES: dict[str, dict[str, str]] = {}
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-# Why this layer, and why these numbers: README, "The channel layer".
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "echo.layer.RedisFanoutChannelLayer",
-        "CONFIG": {
-            "hosts": [REDIS_URL],
-            # Keeps this project's Redis channels apart from other apps on the same Redis.
-            "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "wsdemo"),
-            # Events a consumer may fall behind before it is told it lost data and is closed.
-            "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
-            # Messages kept per topic for replay and recovery (a stream in Redis, trimmed to this).
-            "history_length": env_int("HISTORY_LENGTH", 5000),
-        },
-    }
+# Why this layer, and why these numbers: README, "The channel layer". CHANNEL_LAYER_BACKEND picks another
+# Channels layer (a dotted path): channels-redis' layers carry echo and live data, without history.
+CHANNEL_LAYER_BACKEND = os.environ.get("CHANNEL_LAYER_BACKEND", "echo.layer.RedisFanoutChannelLayer")
+CHANNEL_LAYER_CONFIG: dict[str, object] = {
+    "hosts": [REDIS_URL],
+    # Keeps this project's Redis channels apart from other apps on the same Redis.
+    "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "wsdemo"),
 }
+if CHANNEL_LAYER_BACKEND in ("echo.layer.RedisFanoutChannelLayer", "channels_redis.core.RedisChannelLayer"):
+    # Events a consumer may fall behind before it is told it lost data and is closed.
+    CHANNEL_LAYER_CONFIG["capacity"] = env_int("CHANNEL_LAYER_CAPACITY", 1000)
+if CHANNEL_LAYER_BACKEND == "echo.layer.RedisFanoutChannelLayer":
+    # Messages kept per topic for replay and recovery (a stream in Redis, trimmed to this).
+    CHANNEL_LAYER_CONFIG["history_length"] = env_int("HISTORY_LENGTH", 5000)
+CHANNEL_LAYERS = {"default": {"BACKEND": CHANNEL_LAYER_BACKEND, "CONFIG": CHANNEL_LAYER_CONFIG}}
 
 # Frames replayed per topic on connect when the client does not say (?history=N): a 60 s chart at 10 Hz.
 WS_HISTORY_DEFAULT = env_int("WS_HISTORY_DEFAULT", 600)

@@ -1,9 +1,7 @@
-from django.urls import path
+"""The project's URLs: the echo app's page and API at the root."""
 
-from echo.api import topics
-from echo.views import index
+from django.urls import include, path
 
 urlpatterns = [
-    path("", index, name="index"),
-    path("api/topics", topics, name="topics"),
+    path("", include("echo.urls")),
 ]

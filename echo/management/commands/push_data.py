@@ -14,9 +14,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from echo import feeds
 from echo.broadcast import LayerNotShared, Publisher
-from echo.layer import redact_url
 from echo.protocol import FrameError, Position, validate_topic
 from echo.pump import Pump, paced, stdin_lines
+from echo.redis_link import redact_url
 
 MAX_RATE = 10_000.0
 
@@ -67,11 +67,13 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         source: str = options["source"]
         topic: str = options["topic"] or feeds.DEFAULT_TOPICS[source]
+        # This project's settings name it; in another project the channel layer's config does.
+        redis_url = getattr(settings, "REDIS_URL", "") or "the channel layer's Redis"
         try:
             pump = Pump(
                 Publisher(),
                 topic,
-                settings.REDIS_URL,
+                redis_url,
                 self._print_published if options["verbosity"] > 1 else None,
             )
         except LayerNotShared as exc:
@@ -79,8 +81,7 @@ class Command(BaseCommand):
         logging.getLogger("echo").setLevel(logging.INFO)
         pace = "as lines arrive" if source == "stdin" else f"at {options['rate']:g}/s"
         self.stderr.write(
-            f"Pushing {source} to topic '{topic}' {pace} through {redact_url(settings.REDIS_URL)} "
-            "(Ctrl-C to stop)"
+            f"Pushing {source} to topic '{topic}' {pace} through {redact_url(redis_url)} (Ctrl-C to stop)"
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(self._run(pump, source, options["rate"], options["count"]))

@@ -6,7 +6,8 @@ import { DEFAULT_WINDOW, LiveChart } from "./chart.js";
 
 const LOG_MAX_LINES = 500;
 const DEFAULT_TOPIC = "prices";
-const TOPICS_URL = "/api/topics";
+// Where the project mounted the topics API (the template renders it), "/api/topics" by default.
+const TOPICS_URL = document.body.dataset.topicsUrl || "/api/topics";
 
 const $ = (id) => document.getElementById(id);
 

@@ -1,0 +1,163 @@
+"""One process's channels and groups, and how an event reaches each local member: no Redis here.
+
+The channel layer (``echo.layer``) receives a group message once per process; this hands that one
+(shared, read-only) event to every local member of the group. Each channel holds at most
+``capacity`` events: when its consumer falls that far behind, the queue is emptied, the drop counted
+and logged, and the consumer gets one ``OVERFLOW_EVENT`` instead, so that it can tell its client
+rather than lose data silently.
+
+A consumer can take events in two ways, and a channel says which: wait in ``receive`` (Channels'
+own way, every consumer), or be called back (``on_queued``) and take everything waiting at once,
+optionally offered each event synchronously first (``direct``) while its queue is empty. The
+second way is what ``echo.delivery`` uses, so that an idle connection keeps no task waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from echo.protocol import OVERFLOW_EVENT
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+
+class Channel:
+    """One local channel: a bounded queue of events, and whom to wake when one is queued."""
+
+    __slots__ = ("capacity", "direct", "events", "groups", "on_queued", "waiter")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        # Offered each new event while the queue is empty; True means it was handled.
+        self.direct: Callable[[Event], bool] | None = None
+        # Called when the queue stops being empty, for consumers that do not wait in receive().
+        self.on_queued: Callable[[], None] | None = None
+        # A list, not a deque: an empty deque costs 600 bytes, and a channel's queue is empty nearly
+        # all the time. Taking from the front is rare (consumers take all at once) and bounded.
+        self.events: list[Event] = []
+        self.waiter: asyncio.Future[None] | None = None
+        self.groups: set[str] = set()
+
+    def put(self, event: Event) -> None:
+        """Queue an event, waking its consumer only if the queue was empty (once per batch)."""
+        self.events.append(event)
+        if len(self.events) == 1:
+            if self.on_queued is not None:
+                self.on_queued()
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(None)
+
+    def take_all(self) -> list[Event]:
+        events, self.events = self.events, []
+        return events
+
+
+class FanoutStats:
+    """What this process delivered and dropped."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.dropped_overflow = 0
+        self.overflowed_channels = 0
+
+
+class LocalFanout:
+    """The channels and group memberships of one event loop (one server process, in practice)."""
+
+    def __init__(self, stats: FanoutStats) -> None:
+        self.stats = stats
+        self.channels: dict[str, Channel] = {}
+        self.groups: dict[str, set[str]] = {}
+
+    def add_channel(self, name: str, capacity: int) -> Channel:
+        channel = self.channels[name] = Channel(capacity)
+        return channel
+
+    def join(self, group: str, name: str) -> bool:
+        """Add channel ``name`` to ``group``; True if it is the group's first local member."""
+        channel = self.channels.get(name)
+        if channel is None:
+            raise ValueError(f"group_add() takes channels created in this process, not {name!r}")
+        members = self.groups.setdefault(group, set())
+        members.add(name)
+        channel.groups.add(group)
+        return len(members) == 1
+
+    def leave(self, group: str, name: str) -> bool:
+        """Remove channel ``name`` from ``group``; True if the group has no local member left."""
+        members = self.groups.get(group)
+        if not members or name not in members:
+            return False
+        members.discard(name)
+        channel = self.channels.get(name)
+        if channel is not None:
+            channel.groups.discard(group)
+        if members:
+            return False
+        del self.groups[group]
+        return True
+
+    def forget(self, name: str) -> list[str]:
+        """Drop a channel and its memberships; return the groups that have no local member left."""
+        channel = self.channels.pop(name, None)
+        if channel is None:
+            return []
+        emptied = []
+        for group in channel.groups:
+            members = self.groups.get(group)
+            if members is not None:
+                members.discard(name)
+                if not members:
+                    del self.groups[group]
+                    emptied.append(group)
+        return emptied
+
+    def deliver_to_group(self, group: str, event: Event, *, behind: bool = False) -> None:
+        members = self.groups.get(group)
+        if members:
+            self.deliver(members, event, behind=behind)
+
+    def deliver(self, names: Iterable[str], event: Event, *, behind: bool = False) -> None:
+        """Hand one event to each channel: directly if it is idle and takes it, else into its queue.
+
+        ``behind`` (more Redis messages waiting) queues even for idle channels, so that their
+        consumers send what piled up in one frame.
+        """
+        delivered = 0
+        for name in names:
+            channel = self.channels.get(name)
+            if channel is None:
+                continue
+            delivered += 1
+            if (
+                not channel.events
+                and channel.direct is not None
+                and not behind
+                and self._offer(name, channel, event)
+            ):
+                continue
+            if len(channel.events) >= channel.capacity:
+                self._overflow(name, channel)
+            channel.put(event)
+        self.stats.delivered += delivered
+
+    def _offer(self, name: str, channel: Channel, event: Event) -> bool:
+        assert channel.direct is not None
+        try:
+            return channel.direct(event)
+        except Exception:  # a consumer's bug must not stop delivery to everyone else
+            logger.exception("Direct delivery to %s failed; queueing instead", name)
+            channel.direct = None
+            return False
+
+    def _overflow(self, name: str, channel: Channel) -> None:
+        dropped = sum(1 for event in channel.events if event.get("type") != OVERFLOW_EVENT)
+        channel.events = [{"type": OVERFLOW_EVENT, "dropped": dropped}]
+        self.stats.dropped_overflow += dropped
+        self.stats.overflowed_channels += 1
+        logger.warning("Channel %s fell %d events behind; dropped them and told its consumer", name, dropped)

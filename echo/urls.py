@@ -1,0 +1,13 @@
+"""The app's HTTP routes: the page and the topics API. A project includes them (``wsproject/urls.py``)."""
+
+from django.urls import path
+
+from echo.api import topics
+from echo.views import index
+
+app_name = "echo"
+
+urlpatterns = [
+    path("", index, name="index"),
+    path("api/topics", topics, name="topics"),
+]

@@ -1,0 +1,106 @@
+"""The consumer on channels-redis' layers: echo and live data through plain ``group_send``, and a clear
+answer (a warning frame, a reset) for what needs this project's layer (history, since, presence)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+
+import pytest
+import websockets
+from channels.testing import WebsocketCommunicator
+from django.test import override_settings
+
+from echo.broadcast import Publisher
+from tests.support import data_frames, spawn, start_server, stop, timeout
+from wsproject.asgi import application
+
+ORIGIN = [(b"origin", b"http://localhost:8000")]
+CHANNELS_REDIS_LAYERS = [
+    "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "channels_redis.core.RedisChannelLayer",
+]
+
+
+def layers_setting(backend: str) -> dict:
+    return {
+        "default": {
+            "BACKEND": backend,
+            "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": "wsdemo-any-" + uuid.uuid4().hex[:8]},
+        }
+    }
+
+
+async def texts(communicator: WebsocketCommunicator, count: int) -> list[str]:
+    got = []
+    for _ in range(count):
+        got.append((await communicator.receive_output(timeout=timeout(5)))["text"])
+    return got
+
+
+@pytest.mark.parametrize("backend", CHANNELS_REDIS_LAYERS)
+async def test_echo_and_live_data_work_on_channels_redis(backend: str, topic: str) -> None:
+    with override_settings(CHANNEL_LAYERS=layers_setting(backend)):
+        client = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}&history=0", headers=ORIGIN)
+        connected, _ = await client.connect()
+        assert connected
+        await client.send_to(text_data="hello")
+        assert await texts(client, 1) == ["hello"]
+        await client.send_to(bytes_data=b"\x00\x01")
+        assert (await client.receive_output(timeout=timeout(5)))["bytes"] == b"\x00\x01"
+        position = await Publisher().publish(topic, {"price": 1.5})
+        (frame,) = data_frames((await texts(client, 1))[0])
+        assert (frame["type"], frame["topic"], frame["values"]) == ("data", topic, {"price": 1.5})
+        assert "seq" not in frame and "epoch" not in frame and position == (None, 0)
+        await client.disconnect()
+
+
+@pytest.mark.parametrize("backend", CHANNELS_REDIS_LAYERS)
+async def test_history_and_since_get_a_clear_answer_on_a_layer_without_history(
+    backend: str, topic: str
+) -> None:
+    with override_settings(CHANNEL_LAYERS=layers_setting(backend)):
+        path = f"/ws/echo/?topics={topic}&history=10&since={topic}:4:3f9a2c1b"
+        client = WebsocketCommunicator(application, path, headers=ORIGIN)
+        connected, _ = await client.connect()
+        assert connected
+        frames = data_frames((await texts(client, 1))[0])
+        assert [(f["type"], f.get("code"), f.get("epoch")) for f in frames] == [
+            ("reset", None, None),
+            ("warning", "no_history", None),
+        ]
+        # The connection carries on: live data still arrives.
+        await Publisher().publish(topic, {"v": 2})
+        (frame,) = data_frames((await texts(client, 1))[0])
+        assert frame["values"] == {"v": 2}
+        await client.disconnect()
+
+
+@pytest.mark.slow
+async def test_push_data_reaches_a_real_server_running_on_redis_pubsub_layer(
+    server_env: dict[str, str], topic: str
+) -> None:
+    env = {**server_env, "CHANNEL_LAYER_BACKEND": CHANNELS_REDIS_LAYERS[0]}
+    command = [sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload"]
+    with start_server(command, env) as server:
+        url = server.ws_url(f"/ws/echo/?topics={topic}")
+        async with websockets.connect(url, origin=server.origin) as ws:
+            first = json.loads(await asyncio.wait_for(ws.recv(), timeout(10)))
+            assert (first["type"], first["code"]) == ("warning", "no_history")  # the page asks for history
+            pusher = spawn([sys.executable, "manage.py", "push_data", "--topic", topic, "--count", "3"], env)
+            got: list[dict] = []
+            while len(got) < 3:
+                got += [
+                    f
+                    for f in data_frames(await asyncio.wait_for(ws.recv(), timeout(10)))
+                    if f["type"] == "data"
+                ]
+            assert await asyncio.to_thread(pusher.wait, timeout(20)) == 0
+        stop(pusher)
+    assert [f["topic"] for f in got] == [topic] * 3
+    output = server.output.text()
+    assert "keeps no history" in output  # said once, at the first connection
+    assert "Traceback" not in output
