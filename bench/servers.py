@@ -8,7 +8,7 @@ measurement) can publish into a measurement.
 The command is selectable so that server choices can be compared:
 
 * ``default``: whatever ``production_command()`` returns today;
-* ``daphne``: daphne with the flags ``make serve`` uses;
+* ``daphne``: daphne as ``manage.py runserver`` runs it (the development server);
 * ``uvicorn``: uvicorn on uvloop + httptools with ``--ws websockets-sansio`` and ``--workers N``.
 
 Each server reports the CPU seconds and resident memory of its whole process tree (uvicorn's workers
@@ -75,11 +75,8 @@ class ServerSpec:
         if self.kind == "default":
             return devenv.production_command("127.0.0.1", str(port))
         if self.kind == "daphne":
-            daphne = str(Path(python).with_name("daphne"))
-            return [
-                daphne, "--bind", "127.0.0.1", "--port", str(port),
-                "--proxy-headers", "wsproject.asgi:application",
-            ]  # fmt: skip
+            # As `make run` serves: daphne through runserver, with the project's fixes to it.
+            return [python, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
         if self.kind == "uvicorn":
             uvicorn = str(Path(python).with_name("uvicorn"))
             return [
@@ -94,8 +91,8 @@ class ServerSpec:
         if self.is_baseline:
             return "baseline (websockets)"
         name = Path(self.command(0)[0]).name
-        if name.startswith("python"):  # `python -m wsproject.server`, what `make serve` runs
-            name = "uvicorn (make serve)"
+        if name.startswith("python"):
+            name = "daphne (runserver)" if self.kind == "daphne" else "uvicorn (make serve)"
         return f"{name} x{self.workers}" if name == "uvicorn" and self.workers > 1 else name
 
 

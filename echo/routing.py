@@ -1,4 +1,4 @@
-"""WebSocket URL routes: ``/ws/echo/``, and ``/`` for the original tutorial's page, which uses the root."""
+"""The app's WebSocket route, `/ws/echo/`: a project includes it in its ASGI router (`wsproject/asgi.py`)."""
 
 from django.urls import path
 
@@ -6,5 +6,4 @@ from echo.consumers import EchoConsumer
 
 websocket_urlpatterns = [
     path("ws/echo/", EchoConsumer.as_asgi()),
-    path("", EchoConsumer.as_asgi()),
 ]

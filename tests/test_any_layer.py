@@ -15,7 +15,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from echo.broadcast import Publisher
-from tests.support import data_frames, spawn, start_server, stop, timeout
+from tests.support import data_frames, http_get, spawn, start_server, stop, timeout
 from wsproject.asgi import application
 
 ORIGIN = [(b"origin", b"http://localhost:8000")]
@@ -100,6 +100,10 @@ async def test_push_data_reaches_a_real_server_running_on_redis_pubsub_layer(
                 ]
             assert await asyncio.to_thread(pusher.wait, timeout(20)) == 0
         stop(pusher)
+        # The probes and the topics API answer plainly on this layer too.
+        assert (await asyncio.to_thread(http_get, server.http_url("/healthz")))[0] == 200
+        status, body = await asyncio.to_thread(http_get, server.http_url("/api/topics"))
+        assert (status, json.loads(body)) == (200, {"topics": []})
     assert [f["topic"] for f in got] == [topic] * 3
     output = server.output.text()
     assert "keeps no history" in output  # said once, at the first connection

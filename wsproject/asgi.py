@@ -10,14 +10,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wsproject.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
 
+from echo.consumers import EchoConsumer  # noqa: E402
 from echo.probes import with_probes  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
 from wsproject.origin import browser_origin_validator  # noqa: E402
 
+# The app's /ws/echo/, and the site root for the original tutorial's page, which connects there.
+websocket_routes = [*websocket_urlpatterns, path("", EchoConsumer.as_asgi())]
+
 application = ProtocolTypeRouter(
     {
         "http": with_probes(django_asgi_app),
-        "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
+        "websocket": browser_origin_validator(URLRouter(websocket_routes)),
     }
 )

@@ -177,7 +177,7 @@ def warn_without_redis(program: str) -> None:
     problem = redis_problem(url)
     if problem is None:
         return
-    from echo.layer import redact_url
+    from echo.redis_link import redact_url
 
     where = f"REDIS_URL={redact_url(url)}" if os.environ.get("REDIS_URL") else redact_url(url)
     print(
