@@ -1,9 +1,10 @@
 """Per-connection asyncio primitives that cost a few hundred bytes less than asyncio's own.
 
-The production server holds one receive queue and one "writable" event per WebSocket. asyncio's
-``Queue`` allocates four deques up front and ``Event`` one, about 600 bytes each even when empty:
-3.7 KB per connection, a fifth of what an idle connection costs in all. These two do the same job for
-exactly what uvicorn's WebSocket protocol asks of them, and allocate storage only when it is used.
+The production server holds one receive queue and one "writable" event per WebSocket, for the
+connection's whole life. asyncio's ``Queue`` allocates four deques up front and ``Event`` one, each
+several hundred bytes even when empty, which adds up over tens of thousands of idle connections
+(README: Performance). These two do the same job for exactly what uvicorn's WebSocket protocol asks
+of them, and allocate storage only when it is used.
 """
 
 from __future__ import annotations
