@@ -157,6 +157,7 @@ class ChaosRun:
     stalls: dict[str, int]  # slow client name -> times it stopped reading
     logs: dict[str, str]  # backend name -> everything it wrote, over all its runs
     machine: dict[str, Any] | None = None
+    logdir: Path | None = None  # every server's and publisher's output, kept when there are violations
 
 
 class Clock:
@@ -727,21 +728,11 @@ class Chaos:
         """What the processes' output and exits say: tracebacks, publishers that did not stop cleanly."""
         found = []
         for backend in self.backends:
-            text = backend.text()
-            if "Traceback" in text:
-                at = text.index("Traceback")
-                found.append(
-                    Violation(backend.name, None, "traceback in server output", text[at : at + 1500])
-                )
+            found += self.tracebacks(backend.name, "server", backend.text())
             for code in backend.unexpected_exits:
                 found.append(Violation(backend.name, None, "server exited by itself", f"exit code {code}"))
         for publisher in self.publishers:
-            text = "\n".join(publisher.text)
-            if "Traceback" in text:
-                at = text.index("Traceback")
-                found.append(
-                    Violation(publisher.name, None, "traceback in publisher output", text[at : at + 1500])
-                )
+            found += self.tracebacks(publisher.name, "publisher", "\n".join(publisher.text))
             unclean = [code for code in publisher.exits if code != 0]
             if unclean or publisher.died or len(publisher.summaries) != publisher.starts:
                 found.append(
@@ -757,6 +748,31 @@ class Chaos:
             for problem in client.problems:
                 found.append(Violation(client.spec.name, None, "unreadable frame", problem))
         return found
+
+    def tracebacks(self, who: str, what: str, text: str) -> list[Violation]:
+        """One violation for a process's tracebacks: the first, with the lines before it, and their count."""
+        lines = text.splitlines()
+        starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+        if not starts:
+            return []
+        first = starts[0]
+        shown = lines[max(0, first - 4) : first + 40]
+        when = None
+        for line in reversed(lines[: first + 1]):  # the run's time of the last log line before it
+            if stamp := LOG_TIME.match(line):
+                wall = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+                when = wall + int(stamp.group(2)) / 1000 - self.clock.wall_zero
+                break
+        detail = f"{len(starts)} tracebacks; the first, after the lines before it:\n" + "\n".join(shown)
+        return [Violation(who, None, f"traceback in {what} output", detail, when)]
+
+    def save_logs(self, directory: Path) -> None:
+        """Write what every server and publisher wrote, one file each, for a look after a failure."""
+        for backend in self.backends:
+            (directory / f"{backend.name}.log").write_text(backend.text())
+        for publisher in self.publishers:
+            lines = [*publisher.text, *(f"published {p.topic} {p.epoch} {p.seq}" for p in publisher.lines)]
+            (directory / f"{publisher.name}.log").write_text("\n".join(lines))
 
 
 async def run(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosRun:
@@ -783,13 +799,17 @@ async def run(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
         await chaos.run(nginx)
         # Gracefully, so that a traceback on the way out shows too.
         await asyncio.gather(*(asyncio.to_thread(b.stop, signal.SIGTERM) for b in chaos.backends))
-    if config.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
     logs = [client.log() for client in chaos.clients]
     published = chaos.published()
     result = check(logs, published)
     violations = [*result.violations, *chaos.process_violations()]
     chaos.durations["total"] = chaos.clock()
+    logdir = None
+    if violations:  # kept for a look: every server's and publisher's output
+        chaos.save_logs(workdir)
+        logdir = workdir
+    elif config.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
     return ChaosRun(
         config=config,
         faults=chaos.faults,
@@ -810,6 +830,7 @@ async def run(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
         stalls={client.spec.name: client.stalls for client in chaos.clients if client.spec.kind == "slow"},
         logs={backend.name: backend.text() for backend in chaos.backends},
         machine=described,
+        logdir=logdir,
     )
 
 
@@ -943,7 +964,10 @@ def report(run: ChaosRun, command: str = "") -> str:
         lines += [
             f"{number}. **{violation.rule}**: {violation.who}, topic {violation.topic or '-'}, {where}:"
         ]
-        lines += [f"   {violation.detail}", ""]
+        if "\n" in violation.detail:
+            lines += ["   ```", *(f"   {line}" for line in violation.detail.splitlines()), "   ```", ""]
+        else:
+            lines += [f"   {violation.detail}", ""]
         before = [f for f in run.faults if violation.t is not None and f.t <= violation.t]
         if before:
             last = before[-1]
@@ -962,6 +986,8 @@ def report(run: ChaosRun, command: str = "") -> str:
                 lines += [*(f"   {line}" for line in said), "   ```", ""]
     if len(run.violations) > 50:
         lines.append(f"... and {len(run.violations) - 50} more (the first 50 are shown).")
+    if run.logdir is not None:
+        lines += ["", f"Every server's and publisher's output: `{run.logdir}/`."]
     durations = run.durations
     lines += [
         "",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import chaos
+from tests.chaos_check import DUPLICATE, GAP, ClientLog, Connect, Data, Reset, check
 from tests.nginx import require_nginx
 from tests.support import SEED
 
@@ -39,3 +40,37 @@ async def test_every_client_gets_every_frame_exactly_once_through_chaos(tmp_path
     }
     assert not starved, f"seed {SEED}: clients that checked too few frames to mean much: {starved}"
     assert run.converged
+    assert_the_checker_sees_a_frame_lost_or_repeated(run)
+
+
+def assert_the_checker_sees_a_frame_lost_or_repeated(run: chaos.ChaosRun) -> None:
+    """The same records with one live frame taken out, or sent twice, fail the check: it is not vacuous."""
+    busiest = max(run.clients, key=lambda log: run.result.clients[log.name].frames)
+    records = busiest.records
+    # A frame followed, for its topic and on the same connection, by the next frame of its epoch.
+    following: dict[str, int] = {}
+    candidates = []
+    for index in range(len(records) - 1, -1, -1):
+        record = records[index]
+        if isinstance(record, Connect):
+            following.clear()
+        elif isinstance(record, Reset):
+            following.pop(record.topic, None)
+        elif isinstance(record, Data):
+            later = following.get(record.topic)
+            if (
+                later is not None
+                and record.seq > 1
+                and (nxt := records[later]).epoch == record.epoch
+                and nxt.seq == record.seq + 1
+            ):
+                candidates.append(index)
+            following[record.topic] = index
+    assert candidates, "no frame with a successor in its epoch: nothing was checked"
+    index = candidates[len(candidates) // 2]
+    for mutated, rule in (
+        ([*records[:index], *records[index + 1 :]], GAP),
+        ([*records[: index + 1], records[index], *records[index + 1 :]], DUPLICATE),
+    ):
+        found = check([ClientLog(busiest.name, busiest.topics, mutated)], run.published).violations
+        assert [v.rule for v in found] == [rule], (rule, found)
