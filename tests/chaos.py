@@ -612,6 +612,7 @@ class Chaos:
             )
             self.publishers.append(bulk)
         self.clients: list[ChaosClient] = []
+        self.nginx_log = ""  # its access log: which backend each WebSocket was on, written when it closed
         self.durations: dict[str, float] = {}
         self.converged = False
 
@@ -773,6 +774,7 @@ class Chaos:
         for publisher in self.publishers:
             lines = [*publisher.text, *(f"published {p.topic} {p.epoch} {p.seq}" for p in publisher.lines)]
             (directory / f"{publisher.name}.log").write_text("\n".join(lines))
+        (directory / "nginx.log").write_text(self.nginx_log)
 
 
 async def run(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosRun:
@@ -799,6 +801,7 @@ async def run(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
         await chaos.run(nginx)
         # Gracefully, so that a traceback on the way out shows too.
         await asyncio.gather(*(asyncio.to_thread(b.stop, signal.SIGTERM) for b in chaos.backends))
+    chaos.nginx_log = nginx.output.drain()
     logs = [client.log() for client in chaos.clients]
     published = chaos.published()
     result = check(logs, published)
