@@ -287,8 +287,18 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     # ------------------------------------------------------------ sending
 
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close the socket; nothing to do if the server already did (a stalled client) or the client left."""
+        self.closing = True
+        message: dict[str, Any] = {"type": "websocket.close"}
+        if code is not None:
+            message["code"] = code
+        if reason:
+            message["reason"] = reason
+        await self.send_frame(message)
+
     async def send_frame(self, message: dict[str, Any]) -> None:
-        """Send one ASGI ``websocket.send`` message: the hot path, without the base class's layers."""
+        """Send one ASGI message to the socket: the hot path, without the base class's layers."""
         try:
             await self.base_send(message)
         except OSError:

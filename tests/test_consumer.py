@@ -167,3 +167,31 @@ async def test_a_handshake_without_origin_is_not_a_browser_and_is_served() -> No
     await communicator.send_to(text_data="cli")
     assert await next_text(communicator) == "cli"
     await communicator.disconnect()
+
+
+async def test_closing_a_socket_the_server_already_closed_is_quiet() -> None:
+    """The production server closes a stalled client itself (1013); the layer's overflow may follow.
+
+    uvicorn refuses a second close with a RuntimeError (its message below): the consumer must take
+    that as "already closed", not fail the connection with a traceback.
+    """
+    from echo.consumers import EchoConsumer
+
+    sent: list[dict] = []
+
+    async def uvicorn_like_send(message: dict) -> None:
+        if any(m["type"] == "websocket.close" for m in sent):
+            raise RuntimeError(
+                f"Unexpected ASGI message '{message['type']}', after sending 'websocket.close'."
+            )
+        sent.append(message)
+
+    consumer = EchoConsumer()
+    consumer.scope, consumer.base_send = (
+        {"type": "websocket", "client": ("198.51.100.7", 1)},
+        uvicorn_like_send,
+    )
+    sent.append({"type": "websocket.close", "code": 1013})  # what the server did by itself
+    await consumer.layer_overflow({"type": "layer.overflow", "dropped": 5})
+    await consumer.close(code=1000)
+    assert consumer.closing and sent == [{"type": "websocket.close", "code": 1013}]
