@@ -245,6 +245,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
         metrics.inc("ws_dropped_total", "overflow", event["dropped"])
         metrics.inc("ws_closed_total", str(CLOSE_TRY_AGAIN_LATER))
         self.closing = True
+        for group in self.groups:  # nothing more piles up for it while the close waits to be written
+            await self.channel_layer.group_discard(group, self.channel_name)
         await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="too slow: messages dropped")
 
     # ------------------------------------------------------------ history

@@ -156,8 +156,14 @@ class LocalFanout:
             return False
 
     def _overflow(self, name: str, channel: Channel) -> None:
+        # Until its consumer takes the overflow event, further drops are added to it, and not logged again.
+        first = channel.events[0]
+        before = first["dropped"] if first.get("type") == OVERFLOW_EVENT else 0
         dropped = sum(1 for event in channel.events if event.get("type") != OVERFLOW_EVENT)
-        channel.events = [{"type": OVERFLOW_EVENT, "dropped": dropped}]
+        channel.events = [{"type": OVERFLOW_EVENT, "dropped": before + dropped}]
         self.stats.dropped_overflow += dropped
-        self.stats.overflowed_channels += 1
-        logger.warning("Channel %s fell %d events behind; dropped them and told its consumer", name, dropped)
+        if not before:
+            self.stats.overflowed_channels += 1
+            logger.warning(
+                "Channel %s fell %d events behind; dropped them and told its consumer", name, dropped
+            )

@@ -9,6 +9,7 @@ ticks missed meanwhile are skipped rather than sent in a burst, so the stream re
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import sys
 import threading
@@ -52,9 +53,12 @@ async def lines_of(stream: IO[str]) -> AsyncIterator[Values]:
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1000)
 
     def read() -> None:
-        for line in stream:
-            asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
-        asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+        try:
+            for line in stream:
+                asyncio.run_coroutine_threadsafe(queue.put(line), loop).result()
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+        except (RuntimeError, concurrent.futures.CancelledError):
+            return  # the loop stopped (Ctrl-C, SIGTERM) while lines were still arriving: nothing to do
 
     threading.Thread(target=read, name="push-data-stdin", daemon=True).start()
     number = 0
