@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -12,7 +13,7 @@ from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
 from echo import connections, delivery, metrics
-from echo.capabilities import capabilities
+from echo.capabilities import Capabilities, capabilities
 from echo.conf import app_settings as settings
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
@@ -60,15 +61,22 @@ class EchoConsumer(AsyncWebsocketConsumer):
             rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
         )
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    @property
+    def features(self) -> Capabilities:
+        """What the channel layer can do (``echo.capabilities``, looked up once per layer)."""
+        return capabilities(self.channel_layer)
+
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """Channels' own loop on any layer; on this project's layer ``echo.delivery``'s, with no
-        task per message and pushed frames written straight to idle sockets."""
-        self.channel_layer = layer = get_channel_layer(self.channel_layer_alias)
-        self.features = capabilities(layer)
+        task per message and pushed frames written straight to idle sockets.
+
+        Returns the loop's coroutine rather than awaiting it, so that an idle connection does not
+        hold one more suspended frame for its whole life.
+        """
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
         if self.features.attach:
-            await delivery.serve(self, scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
+            return delivery.serve(self, scope, receive, send)
+        return super().__call__(scope, receive, send)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every ASGI and channel-layer event: route it to its handler.
@@ -272,7 +280,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
             )
             self.history_unavailable = True
             return []
-        self.history_unavailable = False
+        if self.history_unavailable:  # (set only when it changes: one attribute fewer per connection)
+            self.history_unavailable = False
         metrics.inc("ws_messages_replayed_total", amount=caught_up.replayed)
         if caught_up.reset:
             metrics.inc("ws_resets_total")

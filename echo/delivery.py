@@ -60,6 +60,8 @@ async def serve(consumer: EchoConsumer, scope: dict[str, Any], receive: Any, sen
 class Delivery:
     """The layer events of one connection, on their way to its socket."""
 
+    __slots__ = ("connection", "consumer", "direct_send", "drainer")  # one per connection, held for its life
+
     def __init__(self, consumer: EchoConsumer, direct_send: Callable[[str], bool] | None) -> None:
         self.consumer = consumer
         self.direct_send = direct_send

@@ -74,6 +74,8 @@ class TopicStreams:
     it stands (``since``). Live frames are checked (``check``) and, once sent, recorded (``advance``).
     """
 
+    __slots__ = ("_cursors", "history")  # one per connection, held for its life
+
     def __init__(self, history: int, since: Mapping[str, Position] | None = None) -> None:
         self.history = history
         self._cursors = {group: _Cursor(*position) for group, position in (since or {}).items()}
