@@ -122,7 +122,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
             self.subscription.history,
             {topic_group(topic): position for topic, position in self.subscription.since.items()},
         )
-        frames = [frame for group in self.groups for frame in await self.catch_up(group)]
+        frames = await self.catch_up_all()
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -236,8 +236,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         Redis may have come back with its data (the streams carry on: the missed frames are replayed)
         or without it (new epochs: a ``reset`` each, then the new streams from their start).
         """
-        frames = [frame for group in self.groups for frame in await self.catch_up(group)]
-        await self.send_batched(frames)
+        await self.send_batched(await self.catch_up_all())
 
     async def layer_overflow(self, event: dict[str, Any]) -> None:
         """Called when this client fell so far behind that the layer dropped its queue: close it.
@@ -258,6 +257,10 @@ class EchoConsumer(AsyncWebsocketConsumer):
         await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="too slow: messages dropped")
 
     # ------------------------------------------------------------ history
+
+    async def catch_up_all(self) -> list[str]:
+        """The frames the client is owed of every topic it follows, topic after topic."""
+        return [frame for group in self.groups for frame in await self.catch_up(group)]
 
     async def catch_up(self, group: str) -> list[str]:
         """The frames the client is owed of ``group`` from history (``TopicStreams.catch_up``).

@@ -28,6 +28,7 @@ Limits, on purpose:
 from __future__ import annotations
 
 import asyncio
+import functools
 import types
 import uuid
 import weakref
@@ -64,11 +65,12 @@ class _LoopState:
     def __init__(self, layer: RedisFanoutChannelLayer) -> None:
         self.token = uuid.uuid4().hex[:16]
         self.fanout = LocalFanout(layer.stats)
+        # The reader's callbacks get this state bound: no per-message lookup of the running loop's.
         self.link = RedisLink(
             layer.url,
             layer.connection_kwargs,
-            layer._on_message,
-            layer._on_reconnected,
+            functools.partial(layer._on_message, self),
+            functools.partial(layer._on_reconnected, self),
             layer._on_disconnected,
         )
         self.link.wanted.add(layer.inbox_channel(self.token))
@@ -102,6 +104,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             raise ValueError("RedisFanoutChannelLayer takes exactly one Redis URL in 'hosts'")
         self.url = hosts[0]
         self.prefix = prefix
+        self._inbox_prefix = self.inbox_channel("")
+        self._group_prefix = self.group_channel("")
         self.connection_kwargs = {
             # Commands (PUBLISH) give up after this; subscriptions are read with their own timeout.
             "socket_timeout": socket_timeout,
@@ -307,22 +311,20 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
 
         loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
 
-    def _on_message(self, redis_channel: str, data: bytes, behind: bool) -> None:
+    def _on_message(self, state: _LoopState, redis_channel: str, data: bytes, behind: bool) -> None:
         """Called by the reader with each message: unpacked once, handed to the local members."""
-        state = self._state()
         self.stats.received += 1
-        if redis_channel.startswith(f"{self.prefix}:inbox:"):
+        if redis_channel.startswith(self._inbox_prefix):
             target, event = msgpack.unpackb(data, raw=False)
             state.fanout.deliver([target], event, behind=behind)
             return
-        group = redis_channel[len(self.group_channel("")) :]
+        group = redis_channel[len(self._group_prefix) :]
         if group in state.fanout.groups:
             state.fanout.deliver_to_group(group, msgpack.unpackb(data, raw=False), behind=behind)
 
-    def _on_reconnected(self) -> None:
+    def _on_reconnected(self, state: _LoopState) -> None:
         """Called when the reader is subscribed again after an outage: what was published was missed."""
-        fanout = self._state().fanout
-        fanout.deliver(list(fanout.channels), {"type": RESYNC_EVENT})
+        state.fanout.deliver(list(state.fanout.channels), {"type": RESYNC_EVENT})
 
     def _on_disconnected(self) -> None:
         self.stats.redis_disconnects += 1
