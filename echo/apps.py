@@ -1,6 +1,27 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.apps import AppConfig
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 
 
 class EchoConfig(AppConfig):
     name = "echo"
     verbose_name = "Echo and live data"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        checks.register(check_topic_access)
+
+
+def check_topic_access(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A mistake in WS_TOPIC_ACCESS stops every command at startup, not the first private connection."""
+    from echo.access import topic_access
+
+    try:
+        topic_access()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="echo.E001")]
+    return []

@@ -20,6 +20,13 @@ DEFAULTS: dict[str, Any] = {
     "WS_RATE_BURST": 1000,
     "WS_RATE_STRIKES": 5000,
     "WS_MAX_CONNECTIONS_PER_ADDRESS": 100,
+    # Who may read which topic (echo.access): the first matching pattern decides; no match, refused.
+    "WS_TOPIC_ACCESS": {"user-{user_id}": "owner", "user-*": "nobody", "*": "public"},
+    # Seconds a connection token from POST /api/token is valid for.
+    "WS_TOKEN_TTL": 300,
+    # Publish API (echo.publish_api): largest request body, and messages per second per key.
+    "API_MAX_BODY_BYTES": 256 * 1024,
+    "API_RATE_LIMIT": 1000,
 }
 
 

@@ -28,6 +28,8 @@ import devenv  # noqa: E402
 _redis_context = devenv.redis_url()
 REDIS_URL = _redis_context.__enter__()
 
+_database_dir = tempfile.mkdtemp(prefix="wsdemo-db-")
+
 TEST_ENV = {
     "DJANGO_SETTINGS_MODULE": "wsproject.settings",
     "DJANGO_SECRET_KEY": "test-secret-key-" + uuid.uuid4().hex,
@@ -36,6 +38,8 @@ TEST_ENV = {
     "REDIS_URL": REDIS_URL,
     "CHANNEL_LAYER_PREFIX": "wsdemo-test-" + uuid.uuid4().hex[:8],
     "PYTHONUNBUFFERED": "1",
+    # One SQLite file for the session, migrated below, shared by every server process a test starts.
+    "DATABASE_URL": f"sqlite:///{_database_dir}/test.sqlite3",
     # Filled by the static_root fixture (collectstatic) for tests that need static files.
     "DJANGO_STATIC_ROOT": tempfile.mkdtemp(prefix="wsdemo-static-"),
 }
@@ -45,12 +49,17 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.core.management import call_command  # noqa: E402
+
+call_command("migrate", verbosity=0)
+
 from tests.redis_process import RedisProcess  # noqa: E402
 from tests.support import Server, start_server  # noqa: E402
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _redis_context.__exit__(None, None, None)
+    shutil.rmtree(_database_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

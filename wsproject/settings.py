@@ -7,9 +7,11 @@ production server does not. A mistake raises ImproperlyConfigured with a one-lin
 to set, which the entry points print as that one line.
 """
 
+import json
 import os
 from pathlib import Path
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -70,6 +72,11 @@ INSTALLED_APPS = [
     # `manage.py runserver` is daphne, imported only when it runs (a development dependency); before
     # staticfiles, whose runserver it replaces.
     "wsproject.devserver",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "echo",
 ]
@@ -78,7 +85,11 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Serves static files efficiently from any ASGI server, with compression and far-future caching.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "wsproject.security.ContentSecurityPolicyMiddleware",
 ]
@@ -90,14 +101,39 @@ TEMPLATES = [
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
 
 ASGI_APPLICATION = "wsproject.asgi.application"
 
-# No models: the app keeps no state of its own (Redis carries everything live).
-DATABASES: dict[str, dict[str, str]] = {}
+# Users, sessions and API keys (Redis carries everything live). SQLite in the checkout unless
+# DATABASE_URL names another database (compose: PostgreSQL).
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several server processes share the file: readers do not wait for writers, and a writer waits
+    # for the lock instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = LOGOUT_REDIRECT_URL = "echo:index"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -121,6 +157,26 @@ CHANNEL_LAYERS = {"default": {"BACKEND": CHANNEL_LAYER_BACKEND, "CONFIG": CHANNE
 WS_HISTORY_DEFAULT = env_int("WS_HISTORY_DEFAULT", 600)
 # Seconds after which a server process that stopped refreshing its presence counts is ignored.
 WS_PRESENCE_TTL = env_int("WS_PRESENCE_TTL", 15)
+
+# Who may read which topic (README: Users and private topics): topic pattern -> rule, first match
+# decides, a topic matching none is refused. WS_TOPIC_ACCESS in the environment replaces it (JSON).
+WS_TOPIC_ACCESS: dict[str, str] = {
+    "user-{user_id}": "owner",  # user-42: only user 42 (and superusers)
+    "user-*": "nobody",  # any other user-... name
+    "*": "public",  # every other topic, as before there were users
+}
+if os.environ.get("WS_TOPIC_ACCESS"):
+    try:
+        WS_TOPIC_ACCESS = json.loads(os.environ["WS_TOPIC_ACCESS"])
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"WS_TOPIC_ACCESS is not a JSON object: {exc}") from None
+    if not isinstance(WS_TOPIC_ACCESS, dict):
+        raise ImproperlyConfigured("WS_TOPIC_ACCESS must be a JSON object of topic pattern to rule")
+# Minutes-long connection tokens (POST /api/token), for WebSockets that carry no session cookie.
+WS_TOKEN_TTL = env_int("WS_TOKEN_TTL", 300)
+# The HTTP publish API: largest body (bytes, else 413) and messages per second per API key (else 429).
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
+API_RATE_LIMIT = env_int("API_RATE_LIMIT", 1000)
 
 # Limits that keep one client from hurting the others (README: Hostile input).
 WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 64 * 1024)
