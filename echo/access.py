@@ -78,20 +78,22 @@ class Rule:
 class Reader:
     """Who opens a connection or asks for topics: a Django user, and what a token narrows them to.
 
-    ``key_topics`` is set when the reader holds an API key's token: the key's patterns (empty: all).
-    ``token_topics`` is set when the reader's token names the only topics it may be used for.
+    ``key_name`` and ``key_topics`` are set when the reader holds an API key (or its token): the key's
+    patterns (empty: all). ``token_topics`` is set when the reader's token names the only topics it
+    may be used for.
     """
 
     user: Any  # a User or AnonymousUser
+    key_name: str | None = None
     key_topics: tuple[str, ...] | None = None
     token_topics: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
         """How presence lists this reader."""
-        if self.user.is_authenticated:
-            return str(self.user.get_username())
-        return "API key" if self.key_topics is not None else "anonymous"
+        if self.key_name is not None:
+            return f"key:{self.key_name}"
+        return str(self.user.get_username()) if self.user.is_authenticated else "anonymous"
 
 
 class TopicAccess:

@@ -13,6 +13,8 @@ from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
 from echo import connections, delivery, metrics
+from echo.access import topic_access
+from echo.auth import connection_reader
 from echo.capabilities import Capabilities, capabilities
 from echo.conf import app_settings as settings
 from echo.limits import FrameRateLimit, per_address
@@ -27,12 +29,19 @@ from echo.protocol import (
 )
 from echo.streams import TopicStreams, Verdict
 from echo.subscription import CLOSE_POLICY_VIOLATION, ClientError, Subscription, parse_subscription
+from echo.tokens import PROTOCOL, TokenError, offered_token
 
 logger = logging.getLogger(__name__)
 
-# RFC 6455 close codes: "try again later" and "message too big".
+# RFC 6455 close codes: "try again later" and "message too big"; and the IANA-registered 3000
+# (unauthorized: the token is bad or expired, get a new one) and 3003 (forbidden: do not retry as is).
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 3000
+CLOSE_FORBIDDEN = 3003
+
+# Layer sends started from timer callbacks, referenced until done (the loop keeps only weak references).
+_pending_sends: set[asyncio.Future[None]] = set()
 
 # Several frames go out newline-joined in text frames of at most this many characters.
 BATCH_CHARS = 64 * 1024
@@ -53,6 +62,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
     closing = False
     counted_address: str | None = None
     history_unavailable = False  # the last attempt to read history failed
+    viewer: str | None = None  # who presence lists on the connection's topics that are not public
+    token_expiry: asyncio.TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -105,15 +116,16 @@ class EchoConsumer(AsyncWebsocketConsumer):
                 default_history=settings.WS_HISTORY_DEFAULT,
                 max_history=getattr(self.channel_layer, "history_length", settings.WS_HISTORY_DEFAULT),
             )
+            await self.authorize()
         except ClientError as error:
-            await self.accept()
+            await self.accept(self.protocol)
             await self.refuse(error)
             return
         address = (self.scope.get("client") or (None,))[0]
         cap = settings.WS_MAX_CONNECTIONS_PER_ADDRESS
         self.counted_address = per_address.try_add(address, cap)
         if self.counted_address is None and not per_address.exempt(address, cap):
-            await self.accept()
+            await self.accept(self.protocol)
             limit = f"at most {cap} connections per address"
             await self.refuse(ClientError("too_many_connections", limit, CLOSE_TRY_AGAIN_LATER))
             return
@@ -125,9 +137,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
         frames = await self.catch_up_all()
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
-        await self.accept()
+        await self.accept(self.protocol)
         if self.features.presence:
-            presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).join(self.subscription.topics)
+            self.presence_change("join")
         self.joined = True
         connections.opened(self)
         metrics.inc("ws_connections_total")
@@ -135,11 +147,68 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, after the groups were left."""
+        if self.token_expiry is not None:
+            self.token_expiry.cancel()
         if self.joined:
             if self.features.presence:
-                presence_for(self.channel_layer, settings.WS_PRESENCE_TTL).leave(self.subscription.topics)
+                self.presence_change("leave")
             connections.closed(self)
         per_address.remove(self.counted_address)
+
+    @property
+    def protocol(self) -> str | None:
+        """The subprotocol to accept: the app's, if the client offered it (as token holders do)."""
+        return PROTOCOL if PROTOCOL in self.scope.get("subprotocols", ()) else None
+
+    async def authorize(self) -> None:
+        """Called on connect: refuse the whole request unless the client may read every topic asked for.
+
+        A client never believes it watches what it does not: one topic it may not read refuses them
+        all (``forbidden``, 3003). Who it is comes from its connection token, else its session cookie
+        (``echo.auth``), looked up only if a topic is not public or a token is offered. A connection
+        that came with a token is closed when the token expires (``token_expired``, 3000).
+        """
+        access = topic_access()
+        topics = self.subscription.topics
+        private = [topic for topic in topics if not access.is_public(topic)]
+        if not private and offered_token(self.scope.get("subprotocols") or []) is None:
+            return
+        try:
+            reader, token = await connection_reader(self.scope)
+        except TokenError as error:
+            raise ClientError(error.code, error.detail, CLOSE_UNAUTHORIZED) from None
+        denied = [topic for topic in topics if not await access.can_read(reader, topic)]
+        if denied:
+            raise ClientError("forbidden", f"not allowed to read {', '.join(denied)}", CLOSE_FORBIDDEN)
+        if private:
+            self.viewer = reader.name
+        if token is not None:
+            self.token_expiry = asyncio.get_running_loop().call_later(token.remaining(), self._token_expired)
+
+    def _token_expired(self) -> None:
+        # A timer callback: the close goes through the layer, so it is handled in turn like any event.
+        task = asyncio.ensure_future(self.channel_layer.send(self.channel_name, {"type": "token.expired"}))
+        _pending_sends.add(task)
+        task.add_done_callback(_pending_sends.discard)
+
+    async def token_expired(self, event: dict[str, Any]) -> None:
+        """Called when the connection's token expires: close it; the client gets a new token and
+        reconnects with ``since``, missing nothing."""
+        self.token_expiry = None
+        await self.refuse(
+            ClientError("token_expired", "the connection token has expired", CLOSE_UNAUTHORIZED)
+        )
+
+    def presence_change(self, change: str) -> None:
+        """Count this connection in (``join``) or out of (``leave``) its topics' presence."""
+        presence = presence_for(self.channel_layer, settings.WS_PRESENCE_TTL)
+        update = presence.join if change == "join" else presence.leave
+        if self.viewer is None:
+            update(self.subscription.topics)
+            return
+        access = topic_access()
+        update(tuple(topic for topic in self.subscription.topics if access.is_public(topic)))
+        update(tuple(topic for topic in self.subscription.topics if not access.is_public(topic)), self.viewer)
 
     async def refuse(self, error: ClientError) -> None:
         """Tell the client what it got wrong, in an error frame, then close with the error's code."""

@@ -1,7 +1,9 @@
 """Presence: how many connections watch each topic, across every server process, kept in Redis.
 
 Each process keeps its own count per topic in a Redis hash (``<prefix>:presence:<topic>``, one field
-per process) with an expiry time in the value, refreshed every ``ttl / 3`` seconds. Totals ignore and
+per process) with an expiry time in the value, refreshed every ``ttl / 3`` seconds. On topics that need
+login the value also lists the process's viewers' names (at most ``MAX_PRESENCE_USERS``), and the
+totals carry their union. Totals ignore and
 remove expired fields, so a process that dies without cleaning up stops counting within ``ttl``: no
 ghost viewers. Each process reads the totals of the topics its clients watch every ``interval`` and
 tells those clients when a total changed: at most ``1 / interval`` frames per topic per second.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -20,7 +23,7 @@ from collections import Counter
 from redis.exceptions import RedisError
 
 from echo.layer import RedisFanoutChannelLayer
-from echo.protocol import presence_frame, relay_event, topic_group
+from echo.protocol import MAX_PRESENCE_USERS, presence_frame, relay_event, topic_group
 from echo.redis_link import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
@@ -35,21 +38,40 @@ class Presence:
         self.interval = interval
         self.token = uuid.uuid4().hex[:16]
         self.local: Counter[str] = Counter()
+        self.names: dict[str, Counter[str]] = {}  # topic -> viewers' names, on topics that list them
         self._dirty: set[str] = set()
-        self._last_total: dict[str, int] = {}
+        self._last_total: dict[str, tuple[int, list[str] | None, int]] = {}
         self._last_refresh = 0.0
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
-    def join(self, topics: tuple[str, ...]) -> None:
-        """Called when a connection starts watching ``topics``."""
+    def join(self, topics: tuple[str, ...], name: str | None = None) -> None:
+        """Called when a connection starts watching ``topics``; ``name`` lists it by name there."""
         self.local.update(topics)
+        if name is not None:
+            for topic in topics:
+                self.names.setdefault(topic, Counter())[name] += 1
         self._changed(topics)
 
-    def leave(self, topics: tuple[str, ...]) -> None:
-        """Called when a connection that watched ``topics`` closes."""
+    def leave(self, topics: tuple[str, ...], name: str | None = None) -> None:
+        """Called when a connection that watched ``topics`` closes (with the ``name`` it joined with)."""
         self.local.subtract(topics)
+        if name is not None:
+            for topic in topics:
+                viewers = self.names.get(topic)
+                if viewers is not None:
+                    viewers[name] -= 1
+                    if viewers[name] <= 0:
+                        del viewers[name]
+                    if not viewers:
+                        del self.names[topic]
         self._changed(topics)
+
+    def _value(self, topic: str, count: int, expires: float) -> str:
+        viewers = self.names.get(topic)
+        if not viewers:
+            return f"{count}:{expires}"
+        return f"{count}:{expires}:{json.dumps(sorted(viewers)[:MAX_PRESENCE_USERS])}"
 
     def _changed(self, topics: tuple[str, ...]) -> None:
         self._dirty.update(topics)
@@ -85,7 +107,7 @@ class Presence:
             for topic in writes:
                 count = self.local[topic]
                 if count > 0:
-                    pipe.hset(self._key(topic), self.token, f"{count}:{now + self.ttl}")
+                    pipe.hset(self._key(topic), self.token, self._value(topic, count, now + self.ttl))
                     pipe.expire(self._key(topic), int(self.ttl * 2) + 1)
                 else:
                     pipe.hdel(self._key(topic), self.token)
@@ -101,19 +123,30 @@ class Presence:
             total = await self._total(topic, fields, now)
             if self._last_total.get(topic) != total:
                 self._last_total[topic] = total
-                self.layer.group_send_local(topic_group(topic), relay_event(presence_frame(topic, total)))
+                frame = presence_frame(topic, *total)
+                self.layer.group_send_local(topic_group(topic), relay_event(frame))
 
-    async def _total(self, topic: str, fields: dict[bytes, bytes], now: float) -> int:
+    async def _total(
+        self, topic: str, fields: dict[bytes, bytes], now: float
+    ) -> tuple[int, list[str] | None, int]:
+        """The topic's connections across processes, and the names of its viewers if it lists them."""
         total, expired = 0, []
+        names: set[str] | None = None
         for process, value in fields.items():
-            count, _, expires = value.decode().partition(":")
+            count, _, rest = value.decode().partition(":")
+            expires, _, listed = rest.partition(":")
             if float(expires) < now:
                 expired.append(process)
-            else:
-                total += int(count)
+                continue
+            total += int(count)
+            if listed:
+                names = (names or set()).union(json.loads(listed))
         if expired:
             await self.layer.redis().hdel(self._key(topic), *expired)
-        return total
+        if names is None:
+            return total, None, 0
+        users = sorted(names)
+        return total, users[:MAX_PRESENCE_USERS], max(0, len(users) - MAX_PRESENCE_USERS)
 
     async def close(self) -> None:
         """Stop updating and remove this process's counts (on a clean shutdown)."""

@@ -38,6 +38,9 @@ EPOCH_PATTERN = re.compile(r"[0-9a-z]{1,32}")
 SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_SERIES_PER_FRAME = 32
 
+# Presence frames of topics that need login list at most this many user names, then a count.
+MAX_PRESENCE_USERS = 100
+
 
 class Position(NamedTuple):
     """Where a frame stands in its topic's stream: ``seq`` counts from 1 within one ``epoch``.
@@ -133,8 +136,14 @@ def reset_frame(topic: str, epoch: str | None, reason: str) -> str:
     return encode({"type": "reset", "topic": topic, "epoch": epoch, "reason": reason})
 
 
-def presence_frame(topic: str, count: int) -> str:
-    return encode({"type": "presence", "topic": topic, "count": count})
+def presence_frame(topic: str, count: int, users: list[str] | None = None, more_users: int = 0) -> str:
+    """How many connections watch ``topic``; on a topic that needs login also who (``users``, sorted,
+    at most ``MAX_PRESENCE_USERS``; ``more_users`` counts the names left out)."""
+    frame: dict[str, Any] = {"type": "presence", "topic": topic, "count": count}
+    if users is not None:
+        frame["users"] = users
+        frame["more_users"] = more_users
+    return encode(frame)
 
 
 def error_frame(code: str, detail: str) -> str:

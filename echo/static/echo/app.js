@@ -8,6 +8,9 @@ const LOG_MAX_LINES = 500;
 const DEFAULT_TOPIC = "prices";
 // Where the project mounted the topics API (the template renders it), "/api/topics" by default.
 const TOPICS_URL = document.body.dataset.topicsUrl || "/api/topics";
+// A logged-in page connects with connection tokens from here (none: anonymous, public topics only).
+const TOKEN_URL = document.body.dataset.tokenUrl || "";
+const TOKEN_RENEW_MARGIN_S = 5; // a token this close to expiring is not used for a new socket
 
 const $ = (id) => document.getElementById(id);
 
@@ -58,12 +61,35 @@ function formatValue(value) {
 // ------------------------------------------------------------ the pieces
 
 const chart = new LiveChart($("chart"), { windowSeconds: DEFAULT_WINDOW });
-const presence = new Map(); // topic -> pages watching
+const presence = new Map(); // topic -> its latest presence frame
 let statusDetail = {};
 let legendDirty = false;
 
+// ------------------------------------------------------------ connection tokens
+
+let token = null; // {protocols, expires}: the last token, reused until it nears its expiry
+
+/** The subprotocols carrying a connection token (POST TOKEN_URL with the page's CSRF token), or null
+ * for an anonymous page. `fresh`: the server said the last one expired. */
+async function tokenProtocols({ fresh }) {
+  if (!TOKEN_URL) return null;
+  if (!fresh && token && token.expires - Date.now() / 1000 > TOKEN_RENEW_MARGIN_S) return token.protocols;
+  const csrf = document.querySelector("input[name=csrfmiddlewaretoken]")?.value ?? "";
+  const response = await fetch(TOKEN_URL, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "X-CSRFToken": csrf, Accept: "application/json" },
+  });
+  if (!response.ok) throw new Error(`${response.status} from ${TOKEN_URL}`);
+  const body = await response.json();
+  token = { protocols: body.protocols, expires: body.expires };
+  log(`got a connection token, valid ${body.expires_in} s`);
+  return token.protocols;
+}
+
 const connection = new LiveConnection({
   topics: [DEFAULT_TOPIC],
+  protocols: tokenProtocols,
   handlers: {
     status: (state, detail) => {
       statusDetail = detail;
@@ -82,7 +108,7 @@ const connection = new LiveConnection({
       legendDirty = true;
     },
     presence: (frame) => {
-      presence.set(frame.topic, frame.count);
+      presence.set(frame.topic, frame);
       showPresence();
     },
     error: (frame) => showError(`${frame.code}${frame.detail ? `: ${frame.detail}` : ""}`),
@@ -112,9 +138,18 @@ function showError(text) {
 
 function showPresence() {
   const parts = [...presence].filter(([topic]) => connection.topics.includes(topic));
-  $("presence").textContent = parts.length
-    ? parts.map(([topic, count]) => `${topic}: ${count} watching`).join(", ")
-    : "–";
+  const text = parts.map(([topic, frame]) => watching(topic, frame)).join("; ");
+  $("presence").textContent = text || "–";
+}
+
+/** "prices: 3 watching", and on topics that need login who: "user-4: 2 watching (alice, bob)". */
+function watching(topic, frame) {
+  let text = `${topic}: ${frame.count} watching`;
+  if (Array.isArray(frame.users) && frame.users.length) {
+    const more = frame.more_users > 0 ? ` and ${frame.more_users} more` : "";
+    text += ` (${frame.users.join(", ")}${more})`;
+  }
+  return text;
 }
 
 /** The legend: a swatch in the series' colour, its name and its latest value, one row per series. */

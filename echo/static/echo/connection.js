@@ -9,10 +9,14 @@ export const STABLE_AFTER_MS = 10000; // open this long: the next drop starts th
 export const HISTORY_POINTS = 600; // points per topic the server replays on connect (60 s at 10 Hz)
 const RTT_SAMPLES = 50;
 
-// Close codes that mean "do not try again by yourself": the request itself is wrong (RFC 6455).
-// 1013 ("try again later": too many connections from this address, history unavailable, fell behind)
-// is not one of them: it is retried with the backoff like a drop.
-const NO_RETRY_CODES = new Set([1008]);
+// Close codes that mean "do not try again by yourself": the request itself is wrong (RFC 6455), or
+// asks for topics this user may not read (3003, forbidden). 1013 ("try again later": too many
+// connections from this address, history unavailable, fell behind) is not one of them: it is retried
+// with the backoff like a drop.
+const NO_RETRY_CODES = new Set([1008, 3003]);
+// The server's "unauthorized": the connection token expired (or was refused). Reconnect with a new one.
+export const CLOSE_UNAUTHORIZED = 3000;
+const TOKEN_RETRY_AFTER_MS = 1000;
 // The alphabet of a stream's epoch (the server's EPOCH_PATTERN): only such an epoch goes into `since`.
 const EPOCH_PATTERN = /^[0-9a-z]{1,32}$/;
 
@@ -78,17 +82,23 @@ function median(values) {
  *   data(frame)            a new data frame (duplicates already dropped), live or replayed
  *   reset(frame)           forget everything of frame.topic: frames of frame.epoch follow (also emitted,
  *                          with a reason of its own, for a data frame of an epoch no reset announced)
- *   presence(frame)        frame.count pages watch frame.topic
+ *   presence(frame)        frame.count pages watch frame.topic (frame.users: who, on topics that
+ *                          need login)
  *   error(frame)           the server refused something; a close follows
  *   echo(text, rttMs)      an echo came back; rttMs for "*" heartbeats, else null
  *   log(text)              something worth a line in the log
  *   sent(text)             a frame went out
  */
 export class LiveConnection {
-  constructor({ topics, handlers = {}, location = window.location }) {
+  /** `protocols({fresh})`, if given, is awaited before each socket opens: the WebSocket subprotocols to
+   * offer (a connection token's), or null for none; `fresh` asks for a new token (the last expired). */
+  constructor({ topics, handlers = {}, location = window.location, protocols = null }) {
     this.topics = [...topics];
     this.handlers = handlers;
     this.location = location;
+    this.protocols = protocols;
+    this.tokenExpired = false; // the server closed with CLOSE_UNAUTHORIZED: the next open needs a new token
+    this.opening = false; // waiting for protocols() before a socket exists
     // topic -> {epoch, seq}: the stream's epoch (null: none yet) and the last seq seen in it (undefined:
     // none yet); sent as `since` on reconnect when both are known.
     this.positions = new Map();
@@ -122,7 +132,7 @@ export class LiveConnection {
     this.wanted = true;
     this.attempt = 0;
     this.cancelRetry();
-    if (!this.socket) this.open();
+    if (!this.socket && !this.opening) this.open();
   }
 
   /** Called by the Disconnect button: close, and stay closed (no reconnect) until connect(). */
@@ -163,10 +173,28 @@ export class LiveConnection {
     return { last: this.rtts[this.rtts.length - 1], median: median(this.rtts) };
   }
 
-  open() {
+  /** Open a socket (after getting its protocols, if the page authenticates with connection tokens). */
+  async open() {
+    let protocols = null;
+    if (this.protocols) {
+      this.opening = true;
+      this.setState("connecting");
+      try {
+        protocols = await this.protocols({ fresh: this.tokenExpired });
+        this.tokenExpired = false;
+      } catch (error) {
+        this.opening = false;
+        this.emit("log", `no connection token: ${error.message}`);
+        this.scheduleRetry(`no connection token: ${error.message}`);
+        return;
+      }
+      this.opening = false;
+      if (!this.wanted || this.socket) return; // disconnected (or opened) meanwhile
+    }
     const url = socketUrl(this.location, this.topics, this.positions);
     this.emit("log", `opening ${url}`);
-    const socket = new WebSocket(url);
+    this.openedAt = 0;
+    const socket = protocols ? new WebSocket(url, protocols) : new WebSocket(url);
     this.opened += 1;
     this.socket = socket;
     this.pendingPings = [];
@@ -309,6 +337,16 @@ export class LiveConnection {
       // The server refused the request itself (bad topics, say): retrying would be refused again.
       this.wanted = false;
       this.setState("closed", { error: this.lastError || event.reason || `refused (code ${event.code})` });
+    } else if (event.code === CLOSE_UNAUTHORIZED && this.protocols) {
+      // The token expired: reconnect with a new one, resuming every topic with `since` (no hole); at
+      // once if this socket lived a while, else after the backoff (a token refused again and again).
+      this.tokenExpired = true;
+      if (this.openedAt && performance.now() - this.openedAt > TOKEN_RETRY_AFTER_MS) {
+        this.emit("log", "connection token expired: reconnecting with a new one");
+        this.open();
+      } else {
+        this.scheduleRetry(this.lastError);
+      }
     } else {
       // 1013 "try again later" comes with the reason (too_many_connections, history_unavailable, ...).
       const reason = event.code === 1013 ? this.lastError || event.reason || null : this.lastError;
@@ -335,7 +373,7 @@ export class LiveConnection {
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       this.retryAt = null;
-      if (this.wanted && !this.socket) this.open();
+      if (this.wanted && !this.socket && !this.opening) this.open();
     }, delay);
   }
 
