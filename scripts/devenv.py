@@ -9,10 +9,17 @@ settings for ``manage.py`` (``DJANGO_DEBUG=1``, a generated ``DJANGO_SECRET_KEY`
 none yet (or to ``DJANGO_ENV_FILE``, if set); ``serve`` runs with production settings and reads no such
 file (``wsproject/cli.py``).
 
+``run`` and ``serve`` apply the database's migrations (``manage.py migrate --noinput``: ``DATABASE_URL``,
+else the SQLite file ``db.sqlite3`` in the checkout) before any server starts, with the settings that
+server gets: ``run`` through ``manage.py`` and so ``.env.dev``, ``serve`` with the production
+environment it builds. It runs once, in this process's turn, so the ``WEB_CONCURRENCY`` workers of
+``serve`` never race to migrate; if it fails, nothing starts. ``exec`` migrates nothing (the tests
+make their own databases).
+
 Usage::
 
-    python scripts/devenv.py run                 # web server + push_data feed, until Ctrl-C
-    python scripts/devenv.py serve               # the production server, no feed, until Ctrl-C
+    python scripts/devenv.py run                 # migrate, then web server + push_data feed, until Ctrl-C
+    python scripts/devenv.py serve               # migrate, then the production server, no feed
     python scripts/devenv.py exec -- CMD [ARG..]  # one command with REDIS_URL set; its exit code
     python scripts/devenv.py redis-url            # print the URL that would be used (starts nothing)
 """
@@ -160,8 +167,22 @@ def production_command(host: str, port: str) -> list[str]:
     return [sys.executable, "-m", "wsproject.server", "--host", host, "--port", port]
 
 
+def migrate(env: dict[str, str]) -> None:
+    """Apply the database's migrations with ``env``'s settings; exit with a line saying so if that fails.
+
+    Called once before the servers start, never by them: several server processes sharing a database
+    would otherwise race to migrate it.
+    """
+    command = [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"]
+    status = subprocess.run(command, env=env, cwd=ROOT, check=False).returncode
+    if status != 0:
+        raise SystemExit(
+            f"devenv: manage.py migrate --noinput failed (exit status {status}); nothing started"
+        )
+
+
 def serve(env: dict[str, str], host: str, port: str) -> int:
-    """Collect static files, then run the production server with production settings."""
+    """Collect static files, apply migrations, then run the production server with production settings."""
     # Production settings even if the shell exports DJANGO_DEBUG=1, and collectstatic (through
     # manage.py) reads no development .env.dev, just as the production server does not.
     env["DJANGO_DEBUG"] = "0"
@@ -173,6 +194,7 @@ def serve(env: dict[str, str], host: str, port: str) -> int:
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], env=env, cwd=ROOT, check=True
     )
+    migrate(env)  # before the server: its WEB_CONCURRENCY workers must not each migrate
     print(f"devenv: production server on http://{host}:{port}/", file=sys.stderr)
     return supervise([production_command(host, port)], env)
 
@@ -213,6 +235,7 @@ def main(argv: Sequence[str]) -> int:
         if args.action == "serve":
             return serve(env, host, port)
         # manage.py takes DJANGO_DEBUG=1 and the secret from .env.dev (unless exported otherwise).
+        migrate(env)
         print(f"devenv: serving http://{host}:{port}/ with Redis at {url}", file=sys.stderr)
         return supervise(
             [
