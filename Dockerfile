@@ -26,7 +26,10 @@ COPY wsproject ./wsproject
 COPY echo ./echo
 COPY templates ./templates
 COPY --from=frontend /build/node_modules/uplot/dist ./node_modules/uplot/dist
-# Static files are collected at build time (no database, no migrations: the app has no models).
+# Static files are collected at build time. Migrations are not applied here (a build has no database
+# to apply them to): compose's one-shot `migrate` service applies them before any web replica starts.
+# The image expects DATABASE_URL (compose sets it): without it Django would use an SQLite file in /app,
+# which the app user cannot write.
 RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=build \
     python manage.py collectstatic --noinput -v 0
 

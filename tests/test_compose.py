@@ -2,29 +2,39 @@
 
 Each service's command runs here as a local process with the environment the file gives it; the only
 changes are the ones a container network makes unnecessary: Redis's host becomes the tests' Redis,
-and the web server binds 127.0.0.1 on a free port instead of 0.0.0.0:8000. nginx's config is run by
-tests/test_nginx.py; here only its wiring into the file is checked.
+the database (compose's PostgreSQL) becomes a test database, and the web server binds 127.0.0.1 on a
+free port instead of 0.0.0.0:8000. nginx's config is run by tests/test_nginx.py; here only its wiring
+into the file is checked. Images that are not ours (redis, postgres, nginx) are checked as wiring.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
+import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
+import dj_database_url
+import psycopg
 import pytest
 import websockets
 import yaml
 
+from tests.postgres import empty_postgres_url  # noqa: F401 - a fixture
 from tests.support import ROOT, OutputWatcher, data_frames, next_echo, spawn, start_server, stop, timeout
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 VARIABLE = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+# What compose needs from the environment (or its .env file): the tests' stand-ins.
+REQUIRED = {"DJANGO_SECRET_KEY": "compose-test-secret", "POSTGRES_PASSWORD": "compose-test-password"}
+APP_SERVICES = ("migrate", "web", "pusher")  # the services that run the project's image
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
@@ -41,10 +51,17 @@ def interpolate(value: str, env: dict[str, str]) -> str:
     return VARIABLE.sub(expand, value)
 
 
-def service_env(name: str, env: dict[str, str]) -> dict[str, str]:
+def declared_env(name: str, env: dict[str, str]) -> dict[str, str]:
+    """A service's environment as compose would give it, from ``env`` (the shell's, or .env's)."""
     declared = COMPOSE["services"][name]["environment"]
-    resolved = {key: interpolate(str(value), env) for key, value in declared.items()}
+    return {key: interpolate(str(value), env) for key, value in declared.items()}
+
+
+def service_env(name: str, env: dict[str, str], database_url: str | None = None) -> dict[str, str]:
+    """A service's environment here: the tests' Redis, and ``database_url`` or the tests' database."""
+    resolved = declared_env(name, env)
     resolved["REDIS_URL"] = resolved["REDIS_URL"].replace("redis://redis:6379/0", os.environ["REDIS_URL"])
+    resolved["DATABASE_URL"] = database_url or os.environ["DATABASE_URL"]
     return {**os.environ, **resolved}
 
 
@@ -62,13 +79,18 @@ def local_command(name: str) -> list[str]:
 
 def test_services_and_their_safety_properties() -> None:
     services = COMPOSE["services"]
-    assert set(services) >= {"nginx", "redis", "web", "pusher"}
+    assert set(services) >= {"nginx", "redis", "postgres", "migrate", "web", "pusher"}
     assert "ports" not in services["redis"], "Redis must not be published to the host"
-    for name in ("nginx", "redis", "web"):
+    assert "ports" not in services["postgres"], "PostgreSQL must not be published to the host"
+    for name in ("nginx", "redis", "postgres", "web"):
         assert services[name]["healthcheck"]["test"]
     for name in ("web", "pusher"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+    for name in APP_SERVICES:
+        assert services[name]["build"] == services["web"]["build"], f"{name} must run the project's image"
+        # One database for every container of the image, so a `docker compose run` of any reaches it.
+        assert services[name]["environment"]["DATABASE_URL"] == services["web"]["environment"]["DATABASE_URL"]
 
 
 def test_only_nginx_is_published_so_web_scales() -> None:
@@ -98,22 +120,99 @@ def test_nginx_mounts_the_repos_config_read_only_where_it_includes_it() -> None:
     assert re.search(r"^\s*server web:8000\b", upstream, re.M), "nginx must reach web on its port"
 
 
-def test_the_secret_key_must_come_from_the_environment() -> None:
-    with pytest.raises(LookupError, match="DJANGO_SECRET_KEY"):
-        service_env("web", {})
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_the_secrets_must_come_from_the_environment(missing: str) -> None:
+    with pytest.raises(LookupError, match=missing):
+        declared_env("web", {key: value for key, value in REQUIRED.items() if key != missing})
+    declared_env("web", REQUIRED)  # and nothing else is required
+
+
+def test_postgres_keeps_its_data_in_a_named_volume_and_the_app_uses_it() -> None:
+    postgres = COMPOSE["services"]["postgres"]
+    assert re.fullmatch(r"postgres:1[67]-alpine", postgres["image"])
+    volume, target = postgres["volumes"][0].split(":")
+    assert target == "/var/lib/postgresql/data", "the postgres:16/17 images keep their data there"
+    assert volume in COMPOSE["volumes"], "a named volume, so the data outlives the container"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    with pytest.raises(LookupError, match="POSTGRES_PASSWORD"):
+        declared_env("postgres", {})  # no default password, published port or not
+    # The app's DATABASE_URL names the user, password and database the postgres image creates.
+    server = declared_env("postgres", REQUIRED)
+    database = dj_database_url.parse(declared_env("web", REQUIRED)["DATABASE_URL"])
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["HOST"], database["PORT"]) == ("postgres", 5432)
+    assert database["USER"] == server["POSTGRES_USER"]
+    assert database["PASSWORD"] == server["POSTGRES_PASSWORD"] == REQUIRED["POSTGRES_PASSWORD"]
+    assert database["NAME"] == server["POSTGRES_DB"]
+
+
+def test_migrations_run_once_before_any_web_replica_starts() -> None:
+    services = COMPOSE["services"]
+    assert services["migrate"]["command"] == ["python", "manage.py", "migrate", "--noinput"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # A one-shot: restarted, it would never count as completed, and web would never start.
+    assert services["migrate"].get("restart", "no") == "no"
+    assert services["web"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["web"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # Only the one-shot migrates: N web replicas (or their workers) must never race to.
+    for name in set(APP_SERVICES) - {"migrate"}:
+        assert "migrate" not in services[name]["command"], name
+
+
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, each whole (with its continuation lines), without comments."""
+    lines = [line for line in DOCKERFILE.splitlines() if not line.lstrip().startswith("#")]
+    return [part.strip() for part in re.split(r"(?<!\\)\n", "\n".join(lines)) if part.strip()]
 
 
 def test_the_dockerfile_builds_a_slim_non_root_image_without_migrations() -> None:
-    assert re.search(r"^FROM python:3\.\d+-slim", DOCKERFILE, re.M)
-    user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
+    instructions = dockerfile_instructions()
+    assert any(re.match(r"FROM python:3\.\d+-slim", line) for line in instructions)
+    user = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert user and user[-1] not in {"root", "0"}
-    assert "migrate" not in DOCKERFILE
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE, re.M).group(1))
+    assert any("collectstatic" in line for line in instructions if line.startswith("RUN "))
+    assert not [line for line in instructions if "migrate" in line], "never migrate in an image build"
+    cmd = json.loads(next(line for line in instructions if line.startswith("CMD ")).removeprefix("CMD "))
     assert cmd == COMPOSE["services"]["web"]["command"]
 
 
+def table_names(database_url: str) -> set[str]:
+    """The tables in a database, read without Django."""
+    database = dj_database_url.parse(database_url)
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        with contextlib.closing(sqlite3.connect(database["NAME"])) as conn:
+            return {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with psycopg.connect(database_url) as conn:
+        query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        return {name for (name,) in conn.execute(query)}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database with no tables yet: an SQLite file that does not exist yet, then an empty PostgreSQL one."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("empty_postgres_url"))
+    return f"sqlite:///{tmp_path / 'compose.sqlite3'}"
+
+
+def test_the_migrate_command_creates_the_tables(new_database_url: str) -> None:
+    env = service_env("migrate", REQUIRED, database_url=new_database_url)
+    assert not table_names(new_database_url)
+    outputs = []
+    for attempt in ("the first up", "every up after it"):
+        result = subprocess.run(  # noqa: PLW1510 - asserted below, with the output
+            local_command("migrate"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout(60)
+        )
+        assert result.returncode == 0, f"{attempt}: {result.stdout}{result.stderr}"
+        outputs.append(result.stdout)
+    assert "Applying auth.0001_initial... OK" in outputs[0], outputs[0]
+    assert "No migrations to apply." in outputs[1], outputs[1]
+    tables = table_names(new_database_url)
+    assert {"django_migrations", "auth_user", "django_session", "echo_apikey"} <= tables, tables
+
+
 async def test_web_and_pusher_commands_serve_and_push_with_the_files_environment(static_root: Path) -> None:
-    env = {"DJANGO_SECRET_KEY": "compose-test-secret"}
+    env = REQUIRED
     web_env = {**service_env("web", env), "DJANGO_STATIC_ROOT": str(static_root)}
     with start_server(local_command("web"), web_env) as web:
         async with websockets.connect(web.ws_url(), origin=web.origin) as ws:
