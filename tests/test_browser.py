@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.accounts import create_accounts, new_account
 from tests.browser import (
     ARTIFACTS,
     CHROMIUM_ARGS,
@@ -28,7 +29,8 @@ from tests.browser import (
     require_frontend,
     restartable_server,
 )
-from tests.support import ROOT, Server
+from tests.conftest import SERVER_COMMANDS
+from tests.support import ROOT, Server, start_server
 
 pytestmark = pytest.mark.browser
 
@@ -530,3 +532,60 @@ def test_the_original_tutorial_page_works_with_only_its_port_changed(server: Ser
         assert f"ws://localhost:{server.port}/" in page.evaluate("document.myform.text.value")
     finally:
         httpd.shutdown()
+
+
+def test_a_logged_in_page_watches_its_private_topic_through_token_expiry_without_a_hole(
+    server_env: dict[str, str], page: Any
+) -> None:
+    """Log in, tick the user's own topic, and keep watching while the connection token (3 s) expires
+    again and again: every point published arrives once, none is missing."""
+    from playwright.sync_api import expect
+
+    account = new_account()
+    create_accounts(account)
+    env = {**server_env, "WS_TOKEN_TTL": "3"}
+    push_data(env, "--topic", account.topic, "--count", "3", "--rate", "50")  # listed by /api/topics
+    with start_server(SERVER_COMMANDS["production"], env) as server:
+        page.goto(server.http_url("/accounts/login/"))
+        page.fill("input[name=username]", account.username)
+        page.fill("input[name=password]", account.password)
+        page.click("button[type=submit]")
+        expect(page.locator("#username")).to_have_text(account.username)
+        page.click("#connect")
+        expect(page.locator("#status")).to_have_text("open")
+        page.check(f'#topics input[value="{account.topic}"]')
+        page.wait_for_function(f"() => window.liveChart.count('{account.topic}') === 3", timeout=ms(20))
+        expect(page.locator("#presence")).to_contain_text(f"{account.topic}: 1 watching ({account.username})")
+
+        count = 180  # 9 s at 20/s: the token expires about three times on the way
+        push_data(env, "--topic", account.topic, "--count", str(count), "--rate", "20")
+        page.wait_for_function(
+            f"() => window.liveChart.count('{account.topic}') >= {3 + count}", timeout=ms(30)
+        )
+        assert page.evaluate(f"window.liveChart.count('{account.topic}')") == 3 + count
+        expect(page.locator("#log")).to_contain_text("connection token expired")
+        urls = page.evaluate("window.__ws.urls")
+        assert len(urls) >= 3, urls  # the first socket, the one with the topic, and renewals
+        assert all("token" not in url for url in urls)  # the token travels in a header, not the URL
+        assert re.search(rf"since=[^&]*{account.topic}:\d+:[0-9a-z]+", urls[-1]), urls[-1]
+    page.console.assert_clean()
+
+
+def test_a_topic_the_user_may_not_read_is_refused_and_not_retried(server: Server, page: Any) -> None:
+    """The real server's refusal (3003) of a topic the page should not have offered (a stale list)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+    from playwright.sync_api import expect
+
+    stale = {"topics": [{"name": "prices", "seq": 1}, {"name": "user-1", "seq": 1}]}
+    page.route("**/api/topics", lambda route: route.fulfill(json=stale))
+    page.goto(server.http_url("/"))
+    expect(page.locator("#login")).to_have_text("Log in")
+    page.click("#connect")
+    expect(page.locator("#status")).to_have_text("open")
+    page.check('#topics input[value="user-1"]')
+    expect(page.locator("#error")).to_contain_text("forbidden")
+    expect(page.locator("#status")).to_have_text("closed")
+    opened = page.evaluate("window.liveChart.connections()")
+    with pytest.raises(PlaywrightTimeoutError):
+        page.wait_for_function(f"() => window.liveChart.connections() > {opened}", timeout=ms(3))
+    page.console.assert_clean()
