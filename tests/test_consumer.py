@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -195,3 +196,28 @@ async def test_closing_a_socket_the_server_already_closed_is_quiet() -> None:
     await consumer.layer_overflow({"type": "layer.overflow", "dropped": 5})
     await consumer.close(code=1000)
     assert consumer.closing and sent == [{"type": "websocket.close", "code": 1013}]
+
+
+async def test_a_project_using_auth_middleware_stack_has_its_scope_user_checked(layer: object) -> None:
+    """A project that wraps the consumer in Channels' AuthMiddlewareStack: the scope's user decides."""
+    from channels.auth import AuthMiddlewareStack
+    from django.contrib.auth.models import AnonymousUser, User
+
+    from echo.consumers import EchoConsumer
+
+    owner = await User.objects.acreate(username="stack-" + uuid.uuid4().hex[:10])
+    app = AuthMiddlewareStack(EchoConsumer.as_asgi())
+    topic = f"user-{owner.pk}"
+    for user, allowed in ((AnonymousUser(), False), (owner, True)):
+        communicator = WebsocketCommunicator(app, f"/ws/echo/?topics={topic}&history=0", headers=[ORIGIN])
+        communicator.scope["user"] = user  # as AuthMiddlewareStack leaves it after reading the session
+        connected, _ = await communicator.connect()
+        assert connected
+        if allowed:
+            await communicator.send_to(text_data="*")
+            assert await next_text(communicator) == "*"
+        else:
+            frame = json.loads(await next_text(communicator))
+            assert frame["code"] == "forbidden"
+            assert (await communicator.receive_output())["code"] == 3003
+        await communicator.disconnect()

@@ -182,22 +182,23 @@ async def test_permission_group_and_login_rules(server_env: dict[str, str], laye
 
 
 async def test_a_connection_token_replaces_the_cookie_and_is_not_logged(
-    production: Server, layer: object
+    any_server: Server, layer: object
 ) -> None:
+    server = any_server  # the development server and the server server
     owner = new_account()
     create_accounts(owner)
-    browser = Browser(production)
+    browser = Browser(server)
     browser.log_in(owner)
     issued = browser.connection_token()
     assert issued["protocols"] == [PROTOCOL, TOKEN_PREFIX + issued["token"]]
     assert 0 < issued["expires_in"] <= 3600
     await publish(owner.topic, 5.0)
-    async with connect(production, f"topics={owner.topic}", protocols=issued["protocols"]) as ws:  # no cookie
+    async with connect(server, f"topics={owner.topic}", protocols=issued["protocols"]) as ws:  # no cookie
         assert ws.subprotocol == PROTOCOL
         assert [f["values"] for f in await frames(ws, "data")] == [{"v": 5.0}]
-    production.output.drain(seconds=1)
-    assert issued["token"] not in production.output.text()
-    assert browser.cookie("sessionid") not in production.output.text()
+    server.output.drain(seconds=1)
+    assert issued["token"] not in server.output.text()
+    assert browser.cookie("sessionid") not in server.output.text()
 
 
 async def test_a_token_narrowed_to_topics_opens_only_those(production: Server, topic: str) -> None:
