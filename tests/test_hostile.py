@@ -241,3 +241,38 @@ def test_random_frames_and_query_strings_get_echoes_or_a_clean_refusal(query: st
         await client.disconnect()
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    token=st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=120),
+        st.builds(
+            lambda payload, signature: f"{payload}.{signature}",
+            st.from_regex(r"[A-Za-z0-9_-]{0,60}", fullmatch=True),
+            st.from_regex(r"[A-Za-z0-9_-]{0,50}", fullmatch=True),
+        ),
+    ),
+    topic=st.sampled_from(["prices", "user-1", "user-2", "user-x"]),
+)
+def test_random_connection_tokens_never_open_a_private_topic(token: str, topic: str) -> None:
+    """Property: a token no one issued is refused (bad_token, 3000) before any topic is read; without
+    one, a private topic is refused (forbidden, 3003) and a public one served."""
+    from channels.testing import WebsocketCommunicator
+
+    from wsproject.asgi import application
+
+    async def scenario() -> None:
+        client = WebsocketCommunicator(
+            application,
+            f"/ws/echo/?topics={topic}&history=0",
+            headers=[(b"origin", b"http://localhost:8000")],
+            subprotocols=["echo.v1", "echo.token." + token],
+        )
+        connected, _ = await client.connect()
+        assert connected
+        frame = json.loads((await client.receive_output(timeout=3))["text"])
+        assert (frame["type"], frame["code"]) == ("error", "bad_token"), frame
+        assert (await client.receive_output(timeout=3))["code"] == 3000
+
+    asyncio.run(scenario())
