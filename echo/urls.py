@@ -3,6 +3,7 @@
 from django.urls import path
 
 from echo.api import topics
+from echo.publish_api import publish, publish_batch
 from echo.views import index
 
 app_name = "echo"
@@ -10,4 +11,6 @@ app_name = "echo"
 urlpatterns = [
     path("", index, name="index"),
     path("api/topics", topics, name="topics"),
+    path("api/publish", publish_batch, name="publish-batch"),
+    path("api/publish/<publish_topic:topic>", publish, name="publish"),
 ]

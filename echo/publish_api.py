@@ -1,0 +1,237 @@
+"""The HTTP publish API: programs that are not Django publish with an API key (``echo.apikeys``).
+
+``POST /api/publish/<topic>``: the body is one message's values, what one line of
+``push_data --source stdin`` takes (a JSON object of numbers, or one number for series ``value``);
+answers ``{"topic", "epoch", "seq"}``. ``POST /api/publish``: ``{"messages": [{"topic", "values"},
+...]}``, at most ``MAX_BATCH``, validated as a whole before any is published; answers
+``{"published": [{"topic", "epoch", "seq"}, ...]}`` in order. Both publish through
+``echo.broadcast.apublish``: the numbering, history and delivery of ``push_data``.
+
+A refusal is an ``ApiError`` raised anywhere below and turned into ``{"error", "detail"}`` JSON in one
+place (``_answer``). The key is read from its header and never written into an answer or a log line;
+Django logs a refused request's method and path only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.http import HttpRequest, JsonResponse
+from django.urls import register_converter
+from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import RedisError
+
+from echo.access import matches_any
+from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, key_topics
+from echo.broadcast import LayerNotShared, apublish
+from echo.conf import app_settings
+from echo.feeds import parse_line
+from echo.models import ApiKey
+from echo.protocol import FrameError, Position, validate_topic, validate_values
+
+MAX_BATCH = 1000
+MESSAGE_FIELDS = frozenset({"topic", "values"})
+
+_rate_limit = KeyRateLimit()
+
+
+class AnyTopicText:
+    """URL converter for ``<publish_topic:topic>``: all of the path after ``/api/publish/``, even empty
+    or with a line break (which ``<path:...>`` refuses), so that a bad topic gets the API's JSON 400,
+    not Django's HTML 404. ``validate_topic`` decides."""
+
+    regex = r"[\s\S]*"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(AnyTopicText, "publish_topic")
+
+
+class ApiError(Exception):
+    """A request the API refuses: its HTTP status, a short machine-readable code and a one-line detail."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+
+Message = tuple[str, dict[str, float | int]]
+
+
+@csrf_exempt  # a bearer key authenticates, never a cookie: nothing for a forged form to borrow
+async def publish(request: HttpRequest, topic: str) -> JsonResponse:
+    """Called for ``POST /api/publish/<topic>``: publish one message; its position, or an error."""
+    return await _answer(request, lambda body: [(_topic(topic), _stdin_values(body))], batch=False)
+
+
+@csrf_exempt
+async def publish_batch(request: HttpRequest) -> JsonResponse:
+    """Called for ``POST /api/publish``: publish a batch in order; their positions, or an error."""
+    return await _answer(request, lambda body: _batch(_json(body)), batch=True)
+
+
+async def _answer(
+    request: HttpRequest, parse: Callable[[bytes], list[Message]], *, batch: bool
+) -> JsonResponse:
+    """Run a publish request through every check, in order, and turn a refusal into its JSON answer.
+
+    Order: method (405), key (401), size (413), body and topics (400), the key's topics (403), its
+    rate (429), then publish (503 if Redis is away). Nothing is published unless every message passed.
+    """
+    try:
+        if request.method != "POST":
+            raise ApiError(405, "method_not_allowed", "use POST", {"Allow": "POST"})
+        key = await _authenticate(request)
+        messages = parse(_read_body(request))
+        _check_topics(key, messages)
+        await _check_rate(key, len(messages))
+        positions = await _publish_all(messages)
+    except ApiError as refused:
+        response = JsonResponse({"error": refused.code, "detail": refused.detail}, status=refused.status)
+        for name, value in refused.headers.items():
+            response[name] = value
+        return response
+    published = [_position(topic, position) for (topic, _), position in zip(messages, positions, strict=True)]
+    return JsonResponse({"published": published} if batch else published[0])
+
+
+async def _authenticate(request: HttpRequest) -> ApiKey:
+    key = bearer_key(request)
+    challenge = {"WWW-Authenticate": 'Bearer realm="publish"'}
+    if key is None:
+        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'", challenge)
+    found = await authenticate_key(key)
+    if found is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
+    return found
+
+
+def _read_body(request: HttpRequest) -> bytes:
+    """The request body, refused with 413 past ``API_MAX_BODY_BYTES``: by Content-Length, then as read.
+
+    Django's ASGI handler has spooled the body already (to disk past FILE_UPLOAD_MAX_MEMORY_SIZE);
+    at most the limit and one byte of it are read here, whatever its size.
+    """
+    limit = app_settings.API_MAX_BODY_BYTES
+    too_large = ApiError(413, "too_large", f"the body is over {limit} bytes")
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise too_large
+    return bytes(body)
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_json", "the body is not UTF-8 text") from None
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(_text(body))
+    except (ValueError, RecursionError) as exc:  # also integers of over 4300 digits, and deep nesting
+        raise ApiError(400, "bad_json", f"the body is not JSON: {_one_line(exc)}") from None
+
+
+def _stdin_values(body: bytes) -> dict[str, float | int]:
+    """The values of a single publish: exactly what ``push_data --source stdin`` takes as one line."""
+    text = _text(body)
+    try:
+        return validate_values(parse_line(text))
+    except (ValueError, OverflowError, RecursionError) as exc:  # BadLine and FrameError are ValueErrors
+        _json(body)  # not JSON at all: say so (bad_json) rather than what parse_line said
+        raise ApiError(400, "bad_values", _one_line(exc)) from None
+
+
+def _topic(topic: Any, where: str = "") -> str:
+    try:
+        return validate_topic(topic)
+    except FrameError as exc:
+        raise ApiError(400, "bad_topic", where + _one_line(exc)) from None
+
+
+def _batch(document: Any) -> list[Message]:
+    """The messages of a batch body, each checked; the first bad one refuses the whole batch (400)."""
+    if not isinstance(document, dict) or set(document) != {"messages"}:
+        raise ApiError(400, "bad_batch", 'expected {"messages": [{"topic": ..., "values": {...}}, ...]}')
+    items = document["messages"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise ApiError(400, "bad_batch", f"'messages' must be a list of 1 to {MAX_BATCH} messages")
+    messages: list[Message] = []
+    for index, item in enumerate(items):
+        where = f"messages[{index}]: "
+        if not isinstance(item, dict) or set(item) != MESSAGE_FIELDS:
+            raise ApiError(400, "bad_batch", where + 'expected {"topic": ..., "values": {...}}')
+        topic = _topic(item["topic"], where)
+        try:
+            values = validate_values(item["values"])
+        except (FrameError, OverflowError) as exc:
+            raise ApiError(400, "bad_values", where + _one_line(exc)) from None
+        messages.append((topic, values))
+    return messages
+
+
+def _check_topics(key: ApiKey, messages: list[Message]) -> None:
+    patterns = key_topics(key)
+    if not patterns:
+        return
+    for topic, _ in messages:
+        if not matches_any(topic, patterns):
+            raise ApiError(403, "forbidden", f"this API key may not publish to {topic!r}")
+
+
+async def _check_rate(key: ApiKey, messages: int) -> None:
+    try:
+        decision = await _rate_limit.check(get_channel_layer(), key, messages, app_settings.API_RATE_LIMIT)
+    except (RedisError, OSError) as exc:
+        raise _unavailable(exc) from None
+    if not decision.allowed:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"over {app_settings.API_RATE_LIMIT} messages per second for this key",
+            {"Retry-After": str(decision.retry_after)},
+        )
+
+
+async def _publish_all(messages: list[Message]) -> list[Position]:
+    """Publish in order, one at a time, so that a batch's messages to one topic keep their order."""
+    positions: list[Position] = []
+    try:
+        for topic, values in messages:
+            positions.append(await apublish(topic, values))
+    except LayerNotShared as exc:
+        raise ApiError(503, "unavailable", _one_line(exc)) from None
+    except (RedisError, OSError) as exc:
+        error = _unavailable(exc)
+        if positions:
+            error.detail += f" (the first {len(positions)} of {len(messages)} messages were published)"
+        raise error from None
+    return positions
+
+
+def _unavailable(exc: BaseException) -> ApiError:
+    return ApiError(503, "unavailable", f"Redis unreachable: {type(exc).__name__}", {"Retry-After": "1"})
+
+
+def _position(topic: str, position: Position) -> dict[str, Any]:
+    return {"topic": topic, "epoch": position.epoch, "seq": position.seq}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
