@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from channels.layers import get_channel_layer
 from django.contrib.auth.models import AnonymousUser
@@ -21,6 +22,12 @@ from echo.protocol import GROUP_PREFIX, group_topic
 MAX_TOKEN_TOPICS = 64
 
 
+async def session_user(request: HttpRequest) -> Any:
+    """The request's logged-in user; anonymous in a project without Django's AuthenticationMiddleware."""
+    auser = getattr(request, "auser", None)
+    return await auser() if auser is not None else AnonymousUser()
+
+
 def api_error(status: int, code: str, detail: str) -> JsonResponse:
     """The JSON body of every refusal: ``{"error": code, "detail": one line}``."""
     return JsonResponse({"error": code, "detail": detail}, status=status)
@@ -33,7 +40,7 @@ async def request_reader(request: HttpRequest) -> Reader | JsonResponse:
     """
     key = bearer_key(request)
     if key is None:
-        return Reader(await request.auser())
+        return Reader(await session_user(request))
     api_key = await authenticate_key(key)
     if api_key is None:
         response = api_error(401, "bad_key", "the API key is not valid")
@@ -83,7 +90,7 @@ async def token(request: HttpRequest) -> JsonResponse:
     """
     if bearer_key(request) is not None:
         return await _issue(request)
-    if not (await request.auser()).is_authenticated:
+    if not (await session_user(request)).is_authenticated:
         return api_error(401, "login_required", "log in, or send an API key as Authorization: Bearer")
     return await _session_token(request)
 

@@ -14,6 +14,17 @@ class EchoConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_topic_access)
+        checks.register(check_required_apps)
+
+
+def check_required_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Topic rules, tokens and API keys are about Django's users: say so, rather than fail on import."""
+    from django.apps import apps
+
+    missing = [
+        app for app in ("django.contrib.auth", "django.contrib.contenttypes") if not apps.is_installed(app)
+    ]
+    return [checks.Error(f"echo needs {app} in INSTALLED_APPS", id="echo.E002") for app in missing]
 
 
 def check_topic_access(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

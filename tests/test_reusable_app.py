@@ -41,6 +41,8 @@ ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 
 INSTALLED_APPS = [
     "daphne",  # before staticfiles: `manage.py runserver` serves WebSockets too
+    "django.contrib.auth",  # echo's topic rules and API keys are about users
+    "django.contrib.contenttypes",
     "django.contrib.staticfiles",
     "echo",
     "shop",
