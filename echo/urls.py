@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from echo.api import topics
+from echo.api import token, topics
 from echo.publish_api import publish, publish_batch
 from echo.views import index
 
@@ -13,4 +13,5 @@ urlpatterns = [
     path("api/topics", topics, name="topics"),
     path("api/publish", publish_batch, name="publish-batch"),
     path("api/publish/<publish_topic:topic>", publish, name="publish"),
+    path("api/token", token, name="token"),
 ]
