@@ -43,7 +43,7 @@ async def request_reader(request: HttpRequest) -> Reader | JsonResponse:
         return Reader(await session_user(request))
     api_key = await authenticate_key(key)
     if api_key is None:
-        response = api_error(401, "bad_key", "the API key is not valid")
+        response = api_error(401, "unauthorized", "unknown or revoked API key")
         response["WWW-Authenticate"] = "Bearer"
         return response
     return Reader(AnonymousUser(), key_name=api_key.name, key_topics=parse_patterns(api_key.topics))

@@ -1,4 +1,4 @@
-"""The app's HTTP routes: the page and the topics API. A project includes them (``wsproject/urls.py``)."""
+"""The app's HTTP routes: the page, the topics and token APIs, and the publish API. A project includes them (``wsproject/urls.py``)."""
 
 from django.urls import path
 
