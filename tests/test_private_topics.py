@@ -21,7 +21,8 @@ from echo.broadcast import Publisher
 from tests.accounts import Browser, create_accounts, new_account
 from tests.conftest import SERVER_COMMANDS
 from tests.postgres import postgres_url  # noqa: F401 - a fixture
-from tests.support import Server, data_frames, start_server, timeout
+from tests.publishing import api_key, create_key, unique_name
+from tests.support import Server, data_frames, next_echo, start_server, timeout
 
 PROTOCOL = "echo.v1"
 TOKEN_PREFIX = "echo.token."
@@ -175,7 +176,7 @@ async def test_permission_group_and_login_rules(server_env: dict[str, str], laye
                 who = account.username if account else "anonymous"
                 if allowed:
                     await ws.send("*")
-                    assert await asyncio.wait_for(ws.recv(), timeout(5)) == "*", (topic, who)
+                    assert await next_echo(ws) == "*", (topic, who)
                 else:
                     error, code = await refusal(ws)
                     assert (error["code"], code) == ("forbidden", 3003), (topic, who)
@@ -209,7 +210,7 @@ async def test_a_token_narrowed_to_topics_opens_only_those(production: Server, t
     issued = browser.connection_token(topics=[account.topic])
     async with connect(production, f"topics={account.topic}&history=0", protocols=issued["protocols"]) as ws:
         await ws.send("*")
-        assert await asyncio.wait_for(ws.recv(), timeout(5)) == "*"
+        assert await next_echo(ws) == "*"
     async with connect(
         production, f"topics={topic}", protocols=issued["protocols"]
     ) as ws:  # public, not in it
@@ -332,3 +333,26 @@ async def test_public_topics_keep_an_anonymous_count(production: Server, topic: 
     async with connect(production, f"topics={topic}&history=0") as ws:
         (frame,) = await frames(ws, "presence")
     assert frame == {"type": "presence", "topic": topic, "count": 1}
+
+
+async def test_an_api_key_gets_tokens_for_its_topics_only_until_it_is_revoked(production: Server) -> None:
+    name = unique_name()
+    key = create_key("sensor-*", name=name)
+    browser = Browser(production)
+    assert browser.post_json("/api/token", csrf=False, Authorization="Bearer wrong").status == 401
+    response = browser.post_json("/api/token", csrf=False, Authorization=f"Bearer {key}")  # no CSRF needed
+    assert response.status == 200, response
+    protocols = response.json()["protocols"]
+    async with connect(production, "topics=sensor-1&history=0", protocols=protocols) as ws:
+        await ws.send("*")
+        assert await next_echo(ws) == "*"
+    for outside in ("prices", "user-1"):
+        async with connect(production, f"topics={outside}", protocols=protocols) as ws:
+            error, code = await refusal(ws)
+            assert (error["code"], code) == ("forbidden", 3003), outside
+    assert api_key("revoke", name).returncode == 0
+    async with connect(production, "topics=sensor-1", protocols=protocols) as ws:
+        error, code = await refusal(ws)
+        assert (error["code"], code) == ("bad_token", 3000)
+    production.output.drain(seconds=1)
+    assert key not in production.output.text()
