@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from django.core import signing
 from websockets.exceptions import ConnectionClosed
 
 from echo.broadcast import Publisher
+from echo.layer import RedisFanoutChannelLayer
 from tests.accounts import Browser, create_accounts, new_account
 from tests.conftest import SERVER_COMMANDS
 from tests.postgres import postgres_url  # noqa: F401 - a fixture
@@ -74,8 +76,8 @@ async def refusal(ws: Any, *, served: bool = False) -> tuple[dict[str, Any], int
         return error, closed.rcvd.code if closed.rcvd else None
 
 
-async def publish(topic: str, value: float) -> int:
-    return (await Publisher().publish(topic, {"v": value})).seq
+async def publish(topic: str, value: float, layer: object | None = None) -> int:
+    return (await Publisher(layer).publish(topic, {"v": value})).seq  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -89,20 +91,28 @@ def database_env(request: pytest.FixtureRequest, server_env: dict[str, str]) -> 
     """The environment of a server on the session's SQLite file, then on a PostgreSQL database."""
     if request.param == "sqlite":
         return server_env
-    return {**server_env, "DATABASE_URL": request.getfixturevalue("postgres_url")}
+    # Its own Redis namespace too: user ids start again at 1 in a new database, and user-1 of the
+    # session's database may have history already.
+    prefix = "wsdemo-test-pg-" + uuid.uuid4().hex[:8]
+    return {
+        **server_env,
+        "DATABASE_URL": request.getfixturevalue("postgres_url"),
+        "CHANNEL_LAYER_PREFIX": prefix,
+    }
 
 
-async def test_the_owner_reads_their_topic_and_nobody_else_does(
-    database_env: dict[str, str], layer: object
-) -> None:
+async def test_the_owner_reads_their_topic_and_nobody_else_does(database_env: dict[str, str]) -> None:
     owner, other, admin = new_account(), new_account(), new_account(superuser=True)
     create_accounts(owner, other, admin, env=database_env)
+    layer = RedisFanoutChannelLayer(  # the server's namespace
+        hosts=[database_env["REDIS_URL"]], prefix=database_env["CHANNEL_LAYER_PREFIX"]
+    )
     with start_server(SERVER_COMMANDS["production"], database_env) as server:
         browsers = {}
         for account in (owner, other, admin):
             browsers[account.username] = Browser(server)
             assert browsers[account.username].log_in(account).path == "/"
-        await publish(owner.topic, 1.0)
+        await publish(owner.topic, 1.0, layer)
 
         # Anonymous and another user: refused, with the code the page acts on.
         async with connect(server, f"topics={owner.topic}") as ws:
@@ -120,10 +130,11 @@ async def test_the_owner_reads_their_topic_and_nobody_else_does(
         ):
             for ws in (mine, admins):
                 assert [f["values"] for f in await frames(ws, "data")] == [{"v": 1.0}]
-            seq = await publish(owner.topic, 2.0)
+            seq = await publish(owner.topic, 2.0, layer)
             for ws in (mine, admins):
                 (frame,) = await frames(ws, "data")
                 assert (frame["topic"], frame["seq"], frame["values"]) == (owner.topic, seq, {"v": 2.0})
+    await layer.flush()
 
 
 async def test_one_forbidden_topic_refuses_the_whole_request(
