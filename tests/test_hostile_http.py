@@ -132,3 +132,27 @@ def test_random_batches_and_values_with_a_good_key_are_published_or_refused_whol
 ) -> None:
     check(request(server, "/api/publish", body, key=key))
     check(request(server, "/api/publish/t-single", values, key=key))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=BODIES
+    | st.fixed_dictionaries({"topics": JSON_VALUES | st.lists(TOPICS, max_size=70)}).map(json_text),
+    authorization=st.one_of(st.just("good"), HEADER_TEXT.map(lambda text: "Bearer " + text)),
+    method=st.sampled_from(["POST"] * 4 + ["GET", "PUT"]),
+)
+def test_random_token_requests_get_a_token_or_a_json_refusal(
+    server: Server, key: str, body: bytes, authorization: str, method: str
+) -> None:
+    """POST /api/token with an API key: a token (200) or a JSON refusal, never a server error."""
+    headers = {"Authorization": f"Bearer {key}" if authorization == "good" else authorization}
+    answer = request(server, "/api/token", body, method=method, headers=headers)
+    if method != "POST":
+        assert answer.status == 405
+        return
+    assert answer.status in (200, 400, 401), (answer.status, answer.raw[:300])
+    body_json = answer.json
+    if answer.status == 200:
+        assert body_json["protocols"] == ["echo.v1", "echo.token." + body_json["token"]]
+    else:
+        assert set(body_json) == {"error", "detail"}, body_json
