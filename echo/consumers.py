@@ -116,18 +116,11 @@ class EchoConsumer(AsyncWebsocketConsumer):
                 default_history=settings.WS_HISTORY_DEFAULT,
                 max_history=getattr(self.channel_layer, "history_length", settings.WS_HISTORY_DEFAULT),
             )
+            self.count_address()  # before any database query a refused address could cause
             await self.authorize()
         except ClientError as error:
             await self.accept(self.protocol)
             await self.refuse(error)
-            return
-        address = (self.scope.get("client") or (None,))[0]
-        cap = settings.WS_MAX_CONNECTIONS_PER_ADDRESS
-        self.counted_address = per_address.try_add(address, cap)
-        if self.counted_address is None and not per_address.exempt(address, cap):
-            await self.accept(self.protocol)
-            limit = f"at most {cap} connections per address"
-            await self.refuse(ClientError("too_many_connections", limit, CLOSE_TRY_AGAIN_LATER))
             return
         self.groups = [topic_group(topic) for topic in self.subscription.topics]
         self.streams = TopicStreams(
@@ -154,6 +147,15 @@ class EchoConsumer(AsyncWebsocketConsumer):
                 self.presence_change("leave")
             connections.closed(self)
         per_address.remove(self.counted_address)
+
+    def count_address(self) -> None:
+        """Count the connection against its address's cap (``disconnect`` uncounts it), or refuse it."""
+        address = (self.scope.get("client") or (None,))[0]
+        cap = settings.WS_MAX_CONNECTIONS_PER_ADDRESS
+        self.counted_address = per_address.try_add(address, cap)
+        if self.counted_address is None and not per_address.exempt(address, cap):
+            limit = f"at most {cap} connections per address"
+            raise ClientError("too_many_connections", limit, CLOSE_TRY_AGAIN_LATER)
 
     @property
     def protocol(self) -> str | None:

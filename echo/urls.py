@@ -1,4 +1,6 @@
-"""The app's HTTP routes: the page, the topics and token APIs, and the publish API. A project includes them (``wsproject/urls.py``)."""
+"""The app's HTTP routes: the page, the topics and token APIs, and the publish API.
+
+A project includes them (``wsproject/urls.py``)."""
 
 from django.urls import path
 
