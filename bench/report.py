@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench import publish
 from bench.targets import Verdict, verdicts
 
 GOAL = (
@@ -196,6 +197,9 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
         lines += ["## Echo", "", *echo_table(scenarios, servers), ""]
     if scenarios.get("idle") or scenarios.get("burst"):
         lines += ["## Connections", "", *connections_table(scenarios, servers), ""]
+    if scenarios.get("publish"):
+        method = publish.METHOD.format(**scenarios["publish"]["sizes"])
+        lines += ["## Publishing over HTTP", "", method, "", *publish.table(scenarios["publish"]), ""]
     return "\n".join(lines)
 
 

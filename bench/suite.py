@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import scenarios
+from bench import publish, scenarios
 from bench.environment import describe
 from bench.loadgen import LoadGenerator
 from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
 
-SCENARIOS = ("echo", "fanout", "idle", "burst")
+SCENARIOS = ("echo", "fanout", "idle", "burst", "publish")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +145,9 @@ def run(
             if "burst" in only:
                 results["burst"] = both(project, spec, lambda s: scenarios.burst(s, load, profile.burst))
                 progress(f"burst {profile.burst}: " + summary(results["burst"], "failed", "failed"))
+            if "publish" in only and not spec.is_baseline:
+                results["publish"] = publish.measure(project, spec, profile_name)
+                progress("publish: " + publish.summary(results["publish"]))
         except Exception as exc:
             run_info["error"] = f"{type(exc).__name__}: {exc}"
             progress(f"run stopped: {run_info['error']}")
