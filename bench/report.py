@@ -44,6 +44,9 @@ METHOD = """\
   Burst: every handshake started at the same moment.
 - CPU is % of one core over the measured window, for the server (process tree) and the load
   generator (all workers); a load generator near 100 % x workers limits what is measured.
+  Server CPU per delivery (fan-out) is the server's CPU seconds over the window (publishing and the
+  grace period included) divided by the frames clients received, in µs; the baseline's tree includes
+  its in-process publisher, the project's `push_data` runs outside it.
 """
 
 
@@ -62,8 +65,8 @@ def verdict_table(found: list[Verdict]) -> list[str]:
 def fanout_table(cells: list[dict[str, Any]], servers: dict[str, str]) -> list[str]:
     lines = [
         "| clients | pushes/s | server | deliveries/s (offered) | lost % | p50 ms | p95 ms | p99 ms | max ms "
-        "| server CPU % | load gen CPU % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| server CPU % | server CPU µs / delivery | load gen CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
         for side in ("baseline", "project"):
@@ -73,7 +76,9 @@ def fanout_table(cells: list[dict[str, Any]], servers: dict[str, str]) -> list[s
                 f"| {r['clients']:,}{failures} | {r['rate']:g} | {servers[side]} "
                 f"| {fmt(r['deliveries_per_s'])} ({fmt(r['offered_per_s'])}) | {r['lost_pct']:.2f} "
                 f"| {fmt(r['p50_ms'], '.1f')} | {fmt(r['p95_ms'], '.1f')} | {fmt(r['p99_ms'], '.1f')} "
-                f"| {fmt(r['max_ms'], '.1f')} | {r['server_cpu_pct']:.0f} | {r['loadgen_cpu_pct']:.0f} |"
+                f"| {fmt(r['max_ms'], '.1f')} | {r['server_cpu_pct']:.0f} "
+                f"| {fmt(r.get('server_cpu_us_per_delivery', math.nan), '.1f')} "
+                f"| {r['loadgen_cpu_pct']:.0f} |"
             )
     return lines
 

@@ -49,10 +49,14 @@ class Meter:
 
     def finish(self) -> Result:
         elapsed = max(time.monotonic() - self.started, 1e-9)
+        server_cpu = self.server.cpu_seconds() - self.server_cpu
+        load_cpu = self.load.cpu_seconds() - self.load_cpu
         return {
             "seconds": elapsed,
-            "server_cpu_pct": 100 * (self.server.cpu_seconds() - self.server_cpu) / elapsed,
-            "loadgen_cpu_pct": 100 * (self.load.cpu_seconds() - self.load_cpu) / elapsed,
+            "server_cpu_seconds": server_cpu,
+            "loadgen_cpu_seconds": load_cpu,
+            "server_cpu_pct": 100 * server_cpu / elapsed,
+            "loadgen_cpu_pct": 100 * load_cpu / elapsed,
         }
 
 
@@ -181,6 +185,9 @@ def fanout(
         # Never more than offered: a short run's span is one publish interval shorter than its schedule.
         "deliveries_per_s": received / max(span, count / rate) if not math.isnan(span) else math.nan,
         "offered_per_s": connected * rate,
+        # The server's whole process tree over the window (the baseline's includes its in-process
+        # publisher; the project's push_data is a process of its own, outside the tree).
+        "server_cpu_us_per_delivery": 1e6 * usage["server_cpu_seconds"] / received if received else math.nan,
         "closed": dict(closed),
         **latency_summary(latencies),
         **usage,

@@ -171,6 +171,7 @@ def summary_echo(results: dict[str, Any]) -> str:
 def summary_fanout(cell: dict[str, Any]) -> str:
     return "; ".join(
         f"{side} p99 {r['p99_ms']:,.0f} ms, lost {r['lost_pct']:.2f} %, {r['deliveries_per_s']:,.0f}/s, "
-        f"CPU server {r['server_cpu_pct']:.0f} % / load gen {r['loadgen_cpu_pct']:.0f} %"
+        f"CPU server {r['server_cpu_pct']:.0f} % ({r['server_cpu_us_per_delivery']:.1f} µs/delivery) "
+        f"/ load gen {r['loadgen_cpu_pct']:.0f} %"
         for side, r in cell.items()
     )

@@ -15,6 +15,7 @@ TARGET_RATE = 50.0
 TARGET_P99_MS = 100.0
 KNEE_P99_MS = 250.0
 TARGET_DELIVERY_RATIO = 0.5
+TARGET_CPU_RATIO = 0.5  # issue 13: server CPU per delivery against the baseline's, at the target cell
 TARGET_ECHO_RATIO = 0.3
 TARGET_RTT_RATIO = 2.0
 TARGET_IDLE = 10_000
@@ -62,6 +63,21 @@ def knee(cells: list[dict[str, Any]], side: str) -> tuple[str, str]:
     )
 
 
+def cpu_per_delivery_verdict(cell_name: str, p: dict[str, Any], b: dict[str, Any]) -> Verdict:
+    """Issue 13: server CPU (process tree) per delivered frame at most half the baseline's, losing nothing."""
+    key = "server_cpu_us_per_delivery"
+    mine, theirs = p.get(key, math.nan), b.get(key, math.nan)
+    return Verdict(
+        f"fan-out {cell_name}: server CPU per delivery <= {TARGET_CPU_RATIO}x baseline, no loss",
+        f"{mine:.1f} µs, {p['lost_pct']:.2f} % lost",
+        f"{theirs:.1f} µs",
+        ratio(mine, theirs),
+        None
+        if math.isnan(mine) or math.isnan(theirs)
+        else mine <= TARGET_CPU_RATIO * theirs and p["lost_pct"] == 0 and not p["failures"],
+    )
+
+
 def fanout_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
     target = [
         c for c in cells if c["project"]["clients"] >= TARGET_CLIENTS and c["project"]["rate"] == TARGET_RATE
@@ -74,6 +90,7 @@ def fanout_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
             "no loss",
             f"p99 <= {TARGET_P99_MS:g} ms",
             f"deliveries >= {TARGET_DELIVERY_RATIO}x baseline",
+            f"server CPU per delivery <= {TARGET_CPU_RATIO}x baseline, no loss",
         ):
             verdicts.append(Verdict(f"fan-out {cell_name}: {what}", "not measured", NONE, NONE, None))
     else:
@@ -100,6 +117,7 @@ def fanout_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
                 ratio(p["deliveries_per_s"], b["deliveries_per_s"]),
                 p["deliveries_per_s"] >= TARGET_DELIVERY_RATIO * b["deliveries_per_s"],
             ),
+            cpu_per_delivery_verdict(cell_name, p, b),
         ]
     project_most, project_fastest = knee(cells, "project")
     baseline_most, baseline_fastest = knee(cells, "baseline")
