@@ -317,6 +317,74 @@ async def test_direct_send_text_writes_a_frame_only_while_open_and_writable(peer
     assert [f.data for f in peer.frames() if f.opcode is Opcode.TEXT] == [b"resumed"]
 
 
+async def test_a_prepared_frame_is_the_frame_websockets_itself_sends_and_is_made_once(peers: Any) -> None:
+    """direct_send_text writes bytes made once per message for every connection; they must be exactly
+    what websockets' own send_text would have written."""
+    first, second = peers(), peers()
+    for peer in (first, second):
+        await peer.open()
+        assert peer.protocol.frame_setting == ()
+    text = '{"type":"data","seq":1}' + "x" * 300  # a 16-bit length in the header
+    assert first.protocol.direct_send_text(text) and second.protocol.direct_send_text(text)
+    made_once = uvicorn_ws.prepared.frames[()]
+    assert first.transport.take() == second.transport.take() == made_once
+    theirs = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+    assert made_once == theirs
+
+
+async def test_with_compression_each_message_is_compressed_once_and_every_client_reads_it(
+    peers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    monkeypatch.setenv("WS_COMPRESSION", "1")
+    deflating, deflating_too, plain = peers(), peers(), peers()
+    for peer in (deflating, deflating_too):
+        peer.client = ClientProtocol(
+            parse_uri("ws://127.0.0.1:8000/ws/echo/"), extensions=[ClientPerMessageDeflateFactory()]
+        )
+    for peer in (deflating, deflating_too, plain):
+        await peer.open()
+    # The server answered the offer without context takeover on its side: frames can be shared.
+    assert deflating.protocol.frame_setting == ("permessage-deflate", 15)
+    assert plain.protocol.frame_setting == ()
+    text = '{"type":"data","values":{"a":1.5}}' * 20
+    for peer in (deflating, deflating_too, plain):
+        assert peer.protocol.direct_send_text(text)
+    compressed = uvicorn_ws.prepared.frames[("permessage-deflate", 15)]
+    assert len(compressed) < len(text) / 4
+    assert deflating.transport.written == deflating_too.transport.written == compressed
+    for peer in (deflating, deflating_too, plain):
+        assert [(f.opcode, f.data.decode()) for f in peer.frames()] == [(Opcode.TEXT, text)]
+    # Messages the app sends the usual way are compressed too, and still read right after shared ones.
+    await deflating.app.send({"type": "websocket.send", "text": "batched"})
+    assert deflating.protocol.direct_send_text(text)
+    assert [f.data.decode() for f in deflating.frames()] == ["batched", text]
+
+
+WEBSOCKETS_ATTRIBUTES = {
+    # What PreparedFrames and direct_send_text read of websockets' sans-I/O connection.
+    "expect_continuation_frame": lambda conn: conn.expect_continuation_frame is False,
+    "extensions": lambda conn: conn.extensions == [],
+    "logger": lambda conn: conn.logger is not None,
+    "state": lambda conn: conn.state.name == "CONNECTING",
+}
+
+
+@pytest.mark.parametrize("attribute", WEBSOCKETS_ATTRIBUTES)
+def test_websockets_connection_attribute_we_read_is_there(attribute: str) -> None:
+    assert WEBSOCKETS_ATTRIBUTES[attribute](ServerProtocol()), f"websockets' {attribute} changed"
+
+
+def test_permessage_deflate_says_whether_it_keeps_context_and_how() -> None:
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+
+    deflate = PerMessageDeflate(False, True, 15, 12, {"memLevel": 5})
+    assert deflate.local_no_context_takeover is True
+    assert deflate.local_max_window_bits == 12
+    assert deflate.compress_settings == {"memLevel": 5}
+
+
 async def test_pause_writing_holds_the_apps_sends_until_resume_writing(peers: Any) -> None:
     peer = peers()
     await peer.open()

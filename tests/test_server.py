@@ -170,3 +170,45 @@ async def test_the_production_server_runs_several_workers_each_closing_with_1001
         output = server.output.drain()
     assert "Traceback" not in output
     assert re.search(r"Closing \d+ WebSocket connections with 1001", output)
+
+
+async def test_compression_is_negotiated_with_clients_that_offer_it_and_both_kinds_get_every_frame(
+    server_env: dict[str, str], topic: str
+) -> None:
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+
+    env = {**server_env, "WS_COMPRESSION": "1"}
+    with start_server(SERVER_COMMANDS["production"], env) as server:
+        url = server.ws_url(f"/ws/echo/?topics={topic}&history=0")
+        async with (
+            websockets.connect(url, origin=server.origin) as deflating,  # offers permessage-deflate
+            websockets.connect(url, origin=server.origin, compression=None) as plain,
+        ):
+            (extension,) = deflating.protocol.extensions
+            assert isinstance(extension, PerMessageDeflate)
+            assert extension.remote_no_context_takeover  # the server compresses each message alone
+            assert plain.protocol.extensions == []
+            pusher = spawn(
+                [
+                    sys.executable,
+                    "manage.py",
+                    "push_data",
+                    "--topic",
+                    topic,
+                    "--count",
+                    "20",
+                    "--rate",
+                    "100",
+                ],
+                os.environ,
+            )
+            try:
+                received = [[f async for f in data_frames_from(ws, 20)] for ws in (deflating, plain)]
+            finally:
+                stop(pusher)
+            assert received[0] == received[1]
+            assert [f["seq"] for f in received[0]] == list(
+                range(received[0][0]["seq"], received[0][0]["seq"] + 20)
+            )
+            await deflating.send("echo me")
+            assert await next_echo(deflating) == "echo me"

@@ -20,8 +20,12 @@ from typing import Any, ClassVar
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.extensions.base import Extension
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from echo import metrics
 from echo.connections import CLOSE_GOING_AWAY, DIRECT_SEND_TEXT
@@ -35,6 +39,57 @@ TESTED = {"uvicorn": "0.54.0", "websockets": "17.4"}
 
 # How long a stalled client's close frame may wait to be read before the connection is aborted.
 STALLED_CLOSE_SECONDS = 2.0
+
+
+def compression_enabled() -> bool:
+    """``WS_COMPRESSION``: negotiate permessage-deflate with clients that offer it (off by default)."""
+    return os.environ.get("WS_COMPRESSION", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# Settings under which one serialized frame fits every connection: no extension, or permessage-deflate
+# without context takeover on the server's side (each message compressed on its own) and these
+# compression settings. None: the connection's frames depend on what it was sent before.
+FrameSetting = tuple[object, ...] | None
+COMPRESS_SETTINGS = {"memLevel": 5}
+
+
+def frame_setting(extensions: list[Extension]) -> FrameSetting:
+    """The setting a connection's outgoing frames are made under, or None if they cannot be shared."""
+    if not extensions:
+        return ()
+    if len(extensions) == 1 and isinstance(extensions[0], PerMessageDeflate):
+        deflate = extensions[0]
+        if deflate.local_no_context_takeover and deflate.compress_settings == COMPRESS_SETTINGS:
+            return ("permessage-deflate", deflate.local_max_window_bits)
+    return None
+
+
+class PreparedFrames:
+    """The wire bytes of the message being fanned out, made once per ``FrameSetting``, not per client.
+
+    The layer hands every local connection the same text object in one synchronous loop, so the bytes
+    of the last text seen are all there is to keep (Go's gorilla/websocket calls this a
+    ``PreparedMessage``). Server frames are not masked, so the bytes are the same for every client.
+    """
+
+    __slots__ = ("frames", "text")
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+        self.frames: dict[FrameSetting, bytes] = {}
+
+    def frame(self, text: str, setting: FrameSetting, extensions: list[Extension]) -> bytes:
+        if text is not self.text:
+            self.text = text
+            self.frames = {}
+        frame = self.frames.get(setting)
+        if frame is None:
+            frame = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=extensions)
+            self.frames[setting] = frame
+        return frame
+
+
+prepared = PreparedFrames()  # one event loop per server process: one message fanned out at a time
 
 
 def refusal() -> str | None:
@@ -62,12 +117,26 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     # The connections of the server whose shutdown was last logged (see _log_shutdown).
     _shutdown_logged_for: ClassVar[Set[Any] | None] = None
 
+    frame_setting: FrameSetting = None  # known once the handshake is done
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Lighter stand-ins for asyncio's Queue and Event (wsproject/primitives.py).
         self.queue = ReceiveQueue()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
+        if compression_enabled():
+            # uvicorn's own permessage-deflate keeps a compression context per connection, so each
+            # message would be compressed once per client. Without context takeover on the server's
+            # side every message is compressed on its own, once per process (PreparedFrames).
+            deflate = ServerPerMessageDeflateFactory(
+                server_no_context_takeover=True,
+                client_max_window_bits=12,
+                compress_settings=COMPRESS_SETTINGS,
+            )
+            self.conn = ServerProtocol(
+                extensions=[deflate], max_size=self.config.ws_max_size, logger=self.conn.logger
+            )
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -81,6 +150,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         # variable of its generator): emptying the headers frees them for every idle connection.
         self.request.headers.clear()
         self.request = self.response = None  # type: ignore[assignment]
+        self.frame_setting = frame_setting(self.conn.extensions)
         super().start_keepalive()
 
     def is_open(self) -> bool:
@@ -101,11 +171,18 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         """
         if not (self.is_open() and self.writable.is_set()):
             return False
-        try:
-            self.conn.send_text(text.encode())
-        except InvalidState:
+        conn = self.conn
+        if self.frame_setting is None:  # frames of this connection cannot be shared
+            try:
+                conn.send_text(text.encode())
+            except InvalidState:
+                return False
+            self.transport.write(b"".join(conn.data_to_send()))
+            return True
+        # What conn.send_text() checks; the frame itself was made once for every connection.
+        if conn.state is not State.OPEN or conn.expect_continuation_frame:
             return False
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.transport.write(prepared.frame(text, self.frame_setting, conn.extensions))
         return True
 
     # ------------------------------------------------------------ a client that stopped reading
