@@ -130,7 +130,7 @@ def _requested_topics(body: bytes) -> tuple[str, ...] | None:
         return None
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise ValueError("the body must be empty or a JSON object") from None
     if not isinstance(data, dict) or set(data) - {"topics"}:
         raise ValueError('the body must be empty or {"topics": [pattern, ...]}')

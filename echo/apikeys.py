@@ -150,14 +150,15 @@ class KeyRateLimit:
     """``API_RATE_LIMIT`` messages per second per key; a batch counts each of its messages.
 
     On this project's layer (``RedisFanoutChannelLayer``) the count lives in the layer's Redis, under
-    ``<prefix>:apirate:<key id>``, shared by every server process. On any other Channels layer
-    (channels-redis) there is no Redis client to borrow, so each process counts for itself: with N
-    processes a key may publish up to N times the limit. ``check`` raises the Redis client's error
+    ``<prefix>:apirate:<digest prefix>`` (not the row id, which SQLite may give a new key again),
+    shared by every server process. On any other Channels layer (channels-redis) there is no Redis
+    client to borrow, so each process counts for itself: with N processes a key may publish up to N
+    times the limit. ``check`` raises the Redis client's error
     (``redis.RedisError``, ``OSError``) when Redis cannot be reached.
     """
 
     def __init__(self) -> None:
-        self._local: dict[int, float] = {}  # key id -> TAT, in seconds of time.monotonic()
+        self._local: dict[str, float] = {}  # key digest -> TAT, in seconds of time.monotonic()
         # The layer has one Redis client per event loop; a script object is bound to its client.
         self._scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -172,15 +173,15 @@ class KeyRateLimit:
                 script = self._scripts[redis] = redis.register_script(RATE_SCRIPT)
             cost_us = math.ceil(messages * 1_000_000 / rate)
             allowed, wait_us = await script(
-                keys=[f"{layer.prefix}:apirate:{key.pk}"], args=[cost_us, WINDOW_US]
+                keys=[f"{layer.prefix}:apirate:{key.digest[:16]}"], args=[cost_us, WINDOW_US]
             )
             return _decision(bool(allowed), wait_us / 1_000_000)
         now = time.monotonic()
-        allowed, tat, wait = _bucket(self._local.get(key.pk, now), now, messages / rate, 1.0)
+        allowed, tat, wait = _bucket(self._local.get(key.digest, now), now, messages / rate, 1.0)
         if allowed:
-            self._local[key.pk] = tat
+            self._local[key.digest] = tat
             if len(self._local) > 10_000:  # forget the keys whose buckets are full again
-                self._local = {pk: t for pk, t in self._local.items() if t > now}
+                self._local = {digest: t for digest, t in self._local.items() if t > now}
         return _decision(allowed, wait)
 
 

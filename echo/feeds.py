@@ -69,15 +69,22 @@ def parse_line(line: str) -> Values:
         raise BadLine("empty line")
     try:
         parsed = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # also integers of over 4300 digits, and deep nesting
         raise BadLine(f"not a number or a JSON object: {_shorten(text)}") from None
     if isinstance(parsed, bool) or not isinstance(parsed, int | float | dict):
         raise BadLine(f"not a number or a JSON object: {_shorten(text)}")
     values = {"value": parsed} if isinstance(parsed, int | float) else parsed
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             raise BadLine(f"series {name!r} is not a finite number: {_shorten(json.dumps(value))}")
     return values
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _shorten(text: str, limit: int = 80) -> str:

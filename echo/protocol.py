@@ -81,8 +81,12 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, float | int]:
             raise FrameError(f"invalid series name {name!r}: 1-64 of A-Z a-z 0-9 _ . : -")
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise FrameError(f"series {name!r}: {value!r} is not a number")
-        if not math.isfinite(value):
-            raise FrameError(f"series {name!r}: {value!r} is not a finite number")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer too large for a float: no JSON client could read it
+            finite = False
+        if not finite:
+            raise FrameError(f"series {name!r}: {str(value)[:40]} is not a finite number")
         checked[name] = value
     return checked
 

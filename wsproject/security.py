@@ -6,9 +6,8 @@ forbids inline script, inline styles in markup, plugins and framing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from django.http import HttpRequest, HttpResponse
+from django.utils.deprecation import MiddlewareMixin
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -24,13 +23,13 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-class ContentSecurityPolicyMiddleware:
-    """Adds the Content-Security-Policy header unless a view set its own."""
+class ContentSecurityPolicyMiddleware(MiddlewareMixin):
+    """Adds the Content-Security-Policy header unless a view set its own.
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+    Django's ``MiddlewareMixin`` makes it sync and async capable: under ASGI an async view's request
+    does not cross to a thread and back for it.
+    """
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
