@@ -233,11 +233,11 @@ async def test_the_per_process_limit_on_other_layers_decides_as_the_shared_one(l
     """Same rule in the Lua script and in Python: the same answers for the same requests."""
     for checked_layer in (layer, InMemoryChannelLayer()):
         limit = KeyRateLimit()
-        key = ApiKey(pk=random.randrange(10**9, 10**12), name="rate-rule")
+        key = ApiKey(pk=random.randrange(10**9, 10**12), name="rate-rule", digest=uuid.uuid4().hex)
         first = await limit.check(checked_layer, key, 4, rate=4)
         second = await limit.check(checked_layer, key, 1, rate=4)
         assert (first.allowed, second.allowed, second.retry_after) == (True, False, 1), checked_layer
-        other = ApiKey(pk=key.pk + 1, name="rate-rule-2")
+        other = ApiKey(pk=key.pk + 1, name="rate-rule-2", digest=uuid.uuid4().hex)
         big = await limit.check(checked_layer, other, 40, rate=4)
         after = await limit.check(checked_layer, other, 1, rate=4)
         assert big.allowed and not after.allowed and 9 <= after.retry_after <= 10, checked_layer
