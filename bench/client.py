@@ -22,10 +22,13 @@ import asyncio
 import base64
 import collections
 import contextlib
+import ipaddress
 import json
 import re
+import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +42,10 @@ Job = dict[str, Any]
 # Handshakes in flight at once per worker, except in a burst, where all start together.
 CONNECT_CONCURRENCY = 200
 OPEN_TIMEOUT = 60.0
+# Clients of a loopback server connect from 127.0.0.2 to 127.0.0.9 in turn (source_addresses).
+SOURCE_HOSTS = range(2, 10)
+# <linux/in.h>: bind() an address but leave the port to connect(); the socket module lacks the name.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -73,10 +80,57 @@ def parse_data_frame(line: str, topic: str) -> tuple[int, float] | None:
     return int(frame["seq"]), float(frame["ts"])
 
 
-async def open_client(url: str) -> ClientConnection:
-    """One client connection: no compression (measure the server, not zlib), no keepalive pings."""
+def source_addresses(url: str) -> list[str | None]:
+    """The local addresses to spread ``url``'s clients over: 127.0.0.2-9 for a loopback server, else none.
+
+    A client's port comes from the range ``/proc/sys/net/ipv4/ip_local_port_range`` (28,232 ports by
+    default) for each source address and server address:port, so one source address tops out below
+    30,000 connections to one server. Linux routes all of 127.0.0.0/8 to ``lo`` without any setup, so
+    eight source addresses give room for over 200,000. The server sees them as loopback addresses,
+    which its per-address connection cap (``WS_MAX_CONNECTIONS_PER_ADDRESS``) exempts.
+    """
+    try:
+        server = ipaddress.ip_address(urllib.parse.urlsplit(url).hostname or "")
+    except ValueError:
+        return [None]  # a host name: leave the choice to the kernel
+    if server.version == 4 and server.is_loopback:
+        return [f"127.0.0.{n}" for n in SOURCE_HOSTS]
+    return [None]
+
+
+async def connected_socket(url: str, source: str) -> socket.socket:
+    """A TCP socket from ``source`` (any port) connected to ``url``'s host and port."""
+    parts = urllib.parse.urlsplit(url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # The port is picked at connect(), per destination, rather than at bind(), where it would have to
+        # be unused towards every destination: the same port range then serves every server started.
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.sock_connect(sock, (parts.hostname, parts.port or 80)), OPEN_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def open_client(url: str, source: str | None = None) -> ClientConnection:
+    """One client connection: no compression (measure the server, not zlib), no keepalive pings.
+
+    From ``source`` (an address of this machine) if given, else from whatever address the kernel picks.
+    """
+    options: dict[str, Any] = {"sock": await connected_socket(url, source)} if source else {}
     return await connect(
-        url, compression=None, ping_interval=None, open_timeout=OPEN_TIMEOUT, max_size=None, max_queue=None
+        url,
+        compression=None,
+        ping_interval=None,
+        open_timeout=OPEN_TIMEOUT,
+        max_size=None,
+        max_queue=None,
+        **options,
     )
 
 
@@ -95,19 +149,20 @@ async def open_many(url: str, count: int, concurrency: int | None) -> tuple[list
     limit = asyncio.Semaphore(concurrency or max(count, 1))
     failures: collections.Counter[str] = collections.Counter()
     times: array.array[float] = array.array("d")
+    sources = source_addresses(url)
 
-    async def one() -> ClientConnection | None:
+    async def one(index: int) -> ClientConnection | None:
         async with limit:
             started = time.perf_counter()
             try:
-                connection = await open_client(url)
+                connection = await open_client(url, sources[index % len(sources)])
             except Exception as exc:
                 failures[failure_name(exc)] += 1
                 return None
             times.append(time.perf_counter() - started)
             return connection
 
-    opened = await asyncio.gather(*(one() for _ in range(count)))
+    opened = await asyncio.gather(*(one(i) for i in range(count)))
     connections = [c for c in opened if c is not None]
     return connections, {"connected": len(connections), "failures": dict(failures), "handshake": pack(times)}
 

@@ -123,6 +123,16 @@ class LoadGenerator:
         results = [worker.expect("result", timeout) for worker in self._active]
         return results, self.cpu_seconds() - self._cpu_start
 
+    def rss_bytes(self) -> int:
+        """Resident memory of all workers, in bytes."""
+        total = 0
+        for pid in self.pids:
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used so far by all workers."""
         total = 0.0

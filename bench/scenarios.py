@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bench.loadgen import LoadGenerator, split
-from bench.servers import RunningServer
+from bench.servers import RunningServer, Serving
 from bench.stats import latency_summary
 
 Result = dict[str, Any]
@@ -41,7 +41,7 @@ def merge_failures(reports: list[dict[str, Any]]) -> dict[str, int]:
 class Meter:
     """CPU of the server and of the load generator over one measured window, as % of one core."""
 
-    def __init__(self, server: RunningServer, load: LoadGenerator) -> None:
+    def __init__(self, server: Serving, load: LoadGenerator) -> None:
         self.server, self.load = server, load
         self.started = time.monotonic()
         self.server_cpu = server.cpu_seconds()
@@ -134,7 +134,7 @@ def echo_throughput(
 
 
 def fanout(
-    server: RunningServer,
+    server: Serving,
     load: LoadGenerator,
     clients: int,
     rate: float,
@@ -209,6 +209,7 @@ def settled_rss(server: RunningServer, timeout: float = 10.0) -> int:
 def idle(server: RunningServer, load: LoadGenerator, clients: int) -> Result:
     """Open ``clients`` silent connections and hold them: failures, and server memory per connection."""
     before = settled_rss(server)
+    load_before = load.rss_bytes()
     shares = split(clients, len(load.workers))
     meter = Meter(server, load)
     ready = load.prepare(
@@ -216,6 +217,7 @@ def idle(server: RunningServer, load: LoadGenerator, clients: int) -> Result:
     )
     usage = meter.finish()
     after = settled_rss(server)
+    load_after = load.rss_bytes()
     load.go({})
     results, _ = load.results(CONNECT_TIMEOUT)
     connected = sum(r["connected"] for r in ready)
@@ -227,6 +229,9 @@ def idle(server: RunningServer, load: LoadGenerator, clients: int) -> Result:
         "rss_before_mb": before / 2**20,
         "rss_after_mb": after / 2**20,
         "kb_per_connection": (after - before) / 1024 / connected if connected else math.nan,
+        # The load generator's side, for scale: its clients are websockets' asyncio connections.
+        "loadgen_rss_after_mb": load_after / 2**20,
+        "loadgen_kb_per_connection": (load_after - load_before) / 1024 / connected if connected else math.nan,
         "connect_seconds": usage["seconds"],
         "server_cpu_pct": usage["server_cpu_pct"],
         "loadgen_cpu_pct": usage["loadgen_cpu_pct"],

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 from websockets.sync.client import connect
@@ -93,7 +94,7 @@ class ServerSpec:
         name = Path(self.command(0)[0]).name
         if name.startswith("python"):
             name = "daphne (runserver)" if self.kind == "daphne" else "uvicorn (make serve)"
-        return f"{name} x{self.workers}" if name == "uvicorn" and self.workers > 1 else name
+        return f"{name} x{self.workers}" if name.startswith("uvicorn") and self.workers > 1 else name
 
 
 @dataclass
@@ -133,11 +134,15 @@ class ProjectEnvironment:
 class RunningServer:
     """A started server process: where it listens, what it costs, and how to publish to its clients."""
 
-    def __init__(self, spec: ServerSpec, env: dict[str, str]) -> None:
+    def __init__(self, spec: ServerSpec, env: dict[str, str], layer_prefix: str | None = None) -> None:
         self.spec = spec
-        # A channel-layer prefix of its own: nothing published for an earlier server (history, seq
-        # counters, late frames) reaches this one, so every measurement's seq starts at 1.
-        self.env = {**env, "CHANNEL_LAYER_PREFIX": "bench-" + uuid.uuid4().hex[:12]}
+        # A channel-layer prefix of its own (unless replicas share one): nothing published for an
+        # earlier server (history, seq counters, late frames) reaches this one, so every
+        # measurement's seq starts at 1.
+        self.env = {**env, "CHANNEL_LAYER_PREFIX": layer_prefix or new_layer_prefix()}
+        if spec.kind == "default":
+            # make serve picks a worker count from the CPUs; a measurement says how many it runs.
+            self.env["WEB_CONCURRENCY"] = str(spec.workers)
         self.port = devenv.free_port()
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self._published: threading.Event = threading.Event()
@@ -247,10 +252,27 @@ class RunningServer:
                 process.kill()
 
 
+def new_layer_prefix() -> str:
+    return "bench-" + uuid.uuid4().hex[:12]
+
+
+class Serving(Protocol):
+    """What a scenario measures: one server, or several behind a proxy (``bench.scale.Balanced``)."""
+
+    spec: ServerSpec
+
+    def url(self, path: str = WS_PATH) -> str: ...
+    def cpu_seconds(self) -> float: ...
+    def rss_bytes(self) -> int: ...
+    def publish(self, rate: float, count: int, timeout: float) -> None: ...
+
+
 @contextlib.contextmanager
-def running(spec: ServerSpec, project: ProjectEnvironment) -> Iterator[RunningServer]:
+def running(
+    spec: ServerSpec, project: ProjectEnvironment, layer_prefix: str | None = None
+) -> Iterator[RunningServer]:
     """Start the server, wait until it echoes, yield it, and stop it afterwards."""
-    server = RunningServer(spec, project.env)
+    server = RunningServer(spec, project.env, layer_prefix)
     try:
         server.wait_ready()
         yield server
