@@ -19,7 +19,7 @@ make their own databases).
 Usage::
 
     python scripts/devenv.py run                 # migrate, then web server + push_data feed, until Ctrl-C
-    python scripts/devenv.py serve               # migrate, then the production server, no feed
+    python scripts/devenv.py serve               # migrate, then the production server (auto workers)
     python scripts/devenv.py exec -- CMD [ARG..]  # one command with REDIS_URL set; its exit code
     python scripts/devenv.py redis-url            # print the URL that would be used (starts nothing)
 """
@@ -188,6 +188,9 @@ def serve(env: dict[str, str], host: str, port: str) -> int:
     env["DJANGO_DEBUG"] = "0"
     env[ENV_FILE_VARIABLE] = ""
     env.setdefault("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+    # One worker per CPU this process may use, capped (wsproject/server.py: MAX_AUTO_WORKERS says why);
+    # the server alone defaults to one process. An exported WEB_CONCURRENCY wins.
+    env.setdefault("WEB_CONCURRENCY", "auto")
     if not env.get("DJANGO_SECRET_KEY"):
         env["DJANGO_SECRET_KEY"] = secrets.token_urlsafe(50)
         print("devenv: DJANGO_SECRET_KEY not set; using a random one for this run", file=sys.stderr)

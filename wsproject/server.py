@@ -6,7 +6,7 @@ On SIGTERM or SIGINT a process stops accepting, closes every WebSocket with 1001
 pages reconnect, through the load balancer, to another replica, waits up to ``WS_SHUTDOWN_SECONDS``
 for the close handshakes, and exits (``wsproject/uvicorn_ws.py``, in every worker).
 
-    python -m wsproject.server [--host H] [--port P] [--workers N]
+    python -m wsproject.server [--host H] [--port P] [--workers N|auto]
 
 Settings come from the environment as for Django (README: Configuration). A configuration mistake, or
 a uvicorn or websockets version other than the tested one, stops it with one line on stderr.
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,6 +28,12 @@ from wsproject import uvicorn_ws
 from wsproject.cli import configuration_errors, fail, load_settings
 
 PROGRAM = "wsproject.server"
+# WEB_CONCURRENCY=auto (what `make serve` and compose ask for): one worker per CPU this process may run
+# on, at most this many. Past a few workers per machine, more replicas serve better: each worker holds
+# its own Redis connections, decodes every message of its topics once and costs tens of MB before its
+# first client, and uvicorn's workers race to accept() on one socket (the split is uneven), where nginx's
+# least_conn balances replicas by open connections and each replica restarts on its own.
+MAX_AUTO_WORKERS = 4
 APPLICATION = "wsproject.asgi:application"
 # uvicorn imports the protocol class by this name in each worker: its supported extension point.
 WS_PROTOCOL = "wsproject.uvicorn_ws:BoundedWebSocketProtocol"
@@ -56,11 +64,40 @@ def options(host: str, port: int, workers: int) -> dict[str, Any]:
     }
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, lowered by a cgroup v2 CPU quota (docker --cpus)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity mask is all there is
+    return max(1, cpus)
+
+
+def worker_count(value: str) -> int:
+    """``--workers`` / ``WEB_CONCURRENCY``: a positive number, or ``auto`` (``available_cpus()``, capped)."""
+    if value.strip().lower() == "auto":
+        return min(available_cpus(), MAX_AUTO_WORKERS)
+    count = int(value)
+    if count < 1:
+        raise ValueError(value)
+    return count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run the production server.")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")))
+    # One process unless asked: tests and one-process-per-container deployments rely on it.
+    parser.add_argument(
+        "--workers",
+        type=worker_count,
+        default=os.environ.get("WEB_CONCURRENCY", "1"),
+        help=f"processes, or auto: one per available CPU, at most {MAX_AUTO_WORKERS} "
+        "(default: WEB_CONCURRENCY, else 1)",
+    )
     args = parser.parse_args()
     # Django configures logging in each worker when it loads the app; this covers the supervisor.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
