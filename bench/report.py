@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import publish
+from bench import peers, publish
 from bench.targets import Verdict, verdicts
 
 GOAL = (
@@ -205,6 +205,9 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
     if scenarios.get("publish"):
         method = publish.METHOD.format(**scenarios["publish"]["sizes"])
         lines += ["## Publishing over HTTP", "", method, "", *publish.table(scenarios["publish"]), ""]
+    if scenarios.get("peers"):
+        lines += ["## Peers: two client implementations, and Socket.IO", "", peers.method(), ""]
+        lines += [*peers.table(scenarios["peers"]), ""]
     return "\n".join(lines)
 
 

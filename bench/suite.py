@@ -15,12 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import publish, scenarios
+from bench import peers, publish, scenarios
 from bench.environment import describe
 from bench.loadgen import LoadGenerator
 from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
 
-SCENARIOS = ("echo", "fanout", "idle", "burst", "publish")
+SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "peers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,21 +39,24 @@ class Profile:
     grace: float
     idle: int
     burst: int
+    # (clients, rate) cells of the peers scenario: two client implementations and Socket.IO.
+    peers: tuple[tuple[int, float], ...] = ()
 
 
 PROFILES = {
     "quick": Profile(
         lat_conns=1, lat_msgs=2000, lat_rounds=10, thr_conns=50, thr_secs=5, window=16,
         clients=(250, 1000), rates=(10, 50), fan_secs=5, grace=5, idle=2000, burst=2000,
+        peers=((1000, 50),),
     ),
     "full": Profile(
         lat_conns=1, lat_msgs=5000, lat_rounds=10, thr_conns=50, thr_secs=10, window=16,
         clients=(100, 250, 500, 1000, 2000), rates=(2, 10, 50, 100), fan_secs=10, grace=5,
-        idle=10_000, burst=5_000,
+        idle=10_000, burst=5_000, peers=((1000, 10), (1000, 50), (1000, 100)),
     ),
     "smoke": Profile(
         lat_conns=2, lat_msgs=20, lat_rounds=2, thr_conns=4, thr_secs=0.5, window=4,
-        clients=(3,), rates=(20,), fan_secs=0.5, grace=2, idle=5, burst=5,
+        clients=(3,), rates=(20,), fan_secs=0.5, grace=2, idle=5, burst=5, peers=((3, 20),),
     ),
 }  # fmt: skip
 
@@ -148,6 +151,12 @@ def run(
             if "publish" in only and not spec.is_baseline:
                 results["publish"] = publish.measure(project, spec, profile_name)
                 progress("publish: " + publish.summary(results["publish"]))
+            if "peers" in only:
+                results["peers"] = peers.measure(
+                    project, spec, load, profile.peers, profile.fan_secs, profile.grace
+                )
+                for found in results["peers"]:
+                    progress("peers " + peers.summary(found))
         except Exception as exc:
             run_info["error"] = f"{type(exc).__name__}: {exc}"
             progress(f"run stopped: {run_info['error']}")

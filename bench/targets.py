@@ -22,6 +22,10 @@ TARGET_IDLE = 10_000
 TARGET_BURST = 5_000
 TARGET_KB_PER_CONNECTION = 20.0
 NONE = "-"  # no figure or no ratio to show
+# Issue 13, judged by the peers scenario at TARGET_CLIENTS x TARGET_RATE: the worse of the two clients.
+PEERS_P99_MS = 50.0
+PEERS_CPU_RATIO = 0.5
+PEER_CLIENTS = ("python websockets", "node ws")  # bench.peers.PYTHON, NODE_WS
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,64 @@ def connection_verdicts(idle: dict[str, Any] | None, burst: dict[str, Any] | Non
     return verdicts
 
 
+def peers_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
+    """Issue 13's p99 and CPU-per-delivery targets, each the worse of two client implementations,
+    and the Socket.IO peer's CPU per delivery beside ours (reported, not judged)."""
+    name = f"peers {TARGET_CLIENTS:,} clients x {TARGET_RATE:g}/s"
+    p99_target = f"{name}: p99 <= {PEERS_P99_MS:g} ms, worse of python / node ws clients"
+    cpu_target = f"{name}: server CPU per delivery <= {PEERS_CPU_RATIO}x baseline, no loss (worse client)"
+    peer_target = f"{name}: server CPU per delivery vs Socket.IO + Redis adapter (its own client)"
+
+    cell = next((c for c in cells if c["clients"] >= TARGET_CLIENTS and c["rate"] == TARGET_RATE), None)
+
+    def rows(server: str) -> dict[str, dict[str, Any]] | None:
+        found = {r["client"]: r for r in (cell or {}).get("rows", []) if r["server"] == server}
+        return found if all(c in found for c in PEER_CLIENTS) else None
+
+    project, baseline = rows("project"), rows("baseline")
+    if cell is None or project is None or baseline is None:
+        return [Verdict(t, "not measured", NONE, NONE, None) for t in (p99_target, cpu_target, peer_target)]
+
+    def each(found: dict[str, dict[str, Any]], key: str, spec: str, unit: str) -> str:
+        worst = max(found[c][key] for c in PEER_CLIENTS)
+        parts = ", ".join(f"{c} {found[c][key]:{spec}}" for c in PEER_CLIENTS)
+        return f"{worst:{spec}} {unit} ({parts})"
+
+    p99 = max(project[c]["p99_ms"] for c in PEER_CLIENTS)
+    ratios = [project[c]["us_per_delivery"] / baseline[c]["us_per_delivery"] for c in PEER_CLIENTS]
+    lossless = all(project[c]["lost_pct"] == 0 and not project[c]["failures"] for c in PEER_CLIENTS)
+    found = [
+        Verdict(
+            p99_target,
+            each(project, "p99_ms", ".0f", "ms"),
+            each(baseline, "p99_ms", ".0f", "ms"),
+            ratio(p99, max(baseline[c]["p99_ms"] for c in PEER_CLIENTS)),
+            p99 <= PEERS_P99_MS,
+        ),
+        Verdict(
+            cpu_target,
+            each(project, "us_per_delivery", ".1f", "µs"),
+            each(baseline, "us_per_delivery", ".1f", "µs"),
+            f"{max(ratios):.2f}x" if not any(math.isnan(r) for r in ratios) else NONE,
+            lossless and max(ratios) <= PEERS_CPU_RATIO,
+        ),
+    ]
+    peer = next((r for r in cell["rows"] if r["server"] == "socketio"), None)
+    if peer is not None:
+        ours = max(project[c]["us_per_delivery"] for c in PEER_CLIENTS)
+        found.append(
+            Verdict(
+                peer_target,
+                f"{ours:.1f} µs",
+                f"Socket.IO {peer['us_per_delivery']:.1f} µs, p99 {peer['p99_ms']:.0f} ms, "
+                f"{peer['lost_pct']:.2f} % lost",
+                ratio(ours, peer["us_per_delivery"]),
+                None,
+            )
+        )
+    return found
+
+
 def verdicts(run: dict[str, Any]) -> list[Verdict]:
     """Every target this run measured (and the fan-out ones as n/a if it did not)."""
     scenarios = run["scenarios"]
@@ -219,4 +281,6 @@ def verdicts(run: dict[str, Any]) -> list[Verdict]:
         found += fanout_verdicts(scenarios["fanout"])
     found += echo_verdicts(scenarios.get("echo_latency"), scenarios.get("echo_throughput"))
     found += connection_verdicts(scenarios.get("idle"), scenarios.get("burst"))
+    if "peers" in scenarios:
+        found += peers_verdicts(scenarios["peers"])
     return found
