@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -17,6 +17,7 @@ from echo.access import topic_access
 from echo.auth import connection_reader
 from echo.capabilities import Capabilities, capabilities
 from echo.conf import app_settings as settings
+from echo.conflation import Conflation
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
 from echo.protocol import (
@@ -64,6 +65,10 @@ class EchoConsumer(AsyncWebsocketConsumer):
     history_unavailable = False  # the last attempt to read history failed
     viewer: str | None = None  # who presence lists on the connection's topics that are not public
     token_expiry: asyncio.TimerHandle | None = None
+    conflation: Conflation | None = None  # with max_rate: frames held back (echo.conflation)
+    release_timer: asyncio.TimerHandle | None = None
+    # Set by echo.delivery on this project's layer: sends due held frames now; False if it cannot.
+    direct_release: Callable[[], bool] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -118,6 +123,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
             )
             self.count_address()  # before any database query a refused address could cause
             await self.authorize()
+            if self.subscription.max_rate is not None:
+                self.conflation = Conflation(self.subscription.max_rate)
         except ClientError as error:
             await self.accept(self.protocol)
             await self.refuse(error)
@@ -140,8 +147,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, after the groups were left."""
-        if self.token_expiry is not None:
-            self.token_expiry.cancel()
+        for timer in (self.token_expiry, self.release_timer):
+            if timer is not None:
+                timer.cancel()
         if self.joined:
             if self.features.presence:
                 self.presence_change("leave")
@@ -188,8 +196,11 @@ class EchoConsumer(AsyncWebsocketConsumer):
             self.token_expiry = asyncio.get_running_loop().call_later(token.remaining(), self._token_expired)
 
     def _token_expired(self) -> None:
-        # A timer callback: the close goes through the layer, so it is handled in turn like any event.
-        task = asyncio.ensure_future(self.channel_layer.send(self.channel_name, {"type": "token.expired"}))
+        self.send_to_self("token.expired")
+
+    def send_to_self(self, event_type: str) -> None:
+        """From a timer callback: an event through the layer, so it is handled in turn like any other."""
+        task = asyncio.ensure_future(self.channel_layer.send(self.channel_name, {"type": event_type}))
         _pending_sends.add(task)
         task.add_done_callback(_pending_sends.discard)
 
@@ -275,7 +286,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
             verdict = self.verdict(event)
             if verdict is Verdict.SEND:
                 self.relayed(event)
-                texts.append(event["text"])
+                if self.paced(event):
+                    texts.append(event["text"])
             elif verdict is Verdict.RECOVER:
                 await self._relay(texts)
                 texts = []
@@ -300,6 +312,35 @@ class EchoConsumer(AsyncWebsocketConsumer):
         if "seq" in event:
             self.streams.advance(event["group"], event["epoch"], event["seq"])
             metrics.inc("ws_messages_relayed_total")
+
+    def paced(self, event: dict[str, Any]) -> bool:
+        """True if a pushed frame may go out now; False if the client's ``max_rate`` holds it back
+        (it goes out when due, unless a newer frame of its topic replaces it first)."""
+        conflation = self.conflation
+        if conflation is None or "seq" not in event:
+            return True
+        if conflation.admit(event["group"], event["text"], asyncio.get_running_loop().time()):
+            return True
+        self.schedule_release()
+        return False
+
+    def schedule_release(self) -> None:
+        """Make sure a timer sends the held frames when the first of them is due."""
+        due = self.conflation.next_release() if self.conflation is not None else None
+        if self.release_timer is None and due is not None:
+            self.release_timer = asyncio.get_running_loop().call_at(due, self._release_due)
+
+    def _release_due(self) -> None:
+        self.release_timer = None
+        if self.direct_release is None or not self.direct_release():
+            self.send_to_self("conflation.release")
+
+    async def conflation_release(self, event: dict[str, Any]) -> None:
+        """Called when held frames are due (Channels' own loop, or a busy connection): send them."""
+        if self.conflation is not None:
+            released = self.conflation.release(asyncio.get_running_loop().time())
+            await self._relay([text for _, text in released])
+            self.schedule_release()
 
     async def layer_resync(self, event: dict[str, Any]) -> None:
         """Called after the server reconnected to Redis: send what was published while it was away.

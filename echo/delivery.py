@@ -68,6 +68,8 @@ class Delivery:
         self.connection = asyncio.current_task()
         self.drainer: asyncio.Task[None] | None = None
         consumer.channel_layer.attach(consumer.channel_name, self.queued, self.offer if direct_send else None)
+        if direct_send is not None:
+            consumer.direct_release = self.release
 
     def offer(self, event: dict[str, Any]) -> bool:
         """Called by the layer's reader with a new event while this connection's queue is empty.
@@ -85,11 +87,34 @@ class Delivery:
         verdict = consumer.verdict(event)
         if verdict is Verdict.DUPLICATE:
             return True
+        if verdict is Verdict.RECOVER:
+            return False
+        if consumer.conflation is not None and not consumer.paced(event):
+            consumer.relayed(event)  # held back by max_rate: seen, so not a hole
+            return True
         assert self.direct_send is not None
-        if verdict is Verdict.RECOVER or not self.direct_send(event["text"]):
+        if not self.direct_send(event["text"]):
             return False
         consumer.relayed(event)
         metrics.inc("ws_frames_out_total")
+        return True
+
+    def release(self) -> bool:
+        """Called by the consumer's conflation timer: write its due held frames now, if idle.
+
+        False if the connection is busy (the consumer then sends them in turn). A frame the socket
+        will not take now is held again, for the next release.
+        """
+        consumer, conflation = self.consumer, self.consumer.conflation
+        if self.drainer is not None or consumer.turn.locked() or consumer.closing or conflation is None:
+            return False
+        assert self.direct_send is not None
+        for group, text in conflation.release(asyncio.get_running_loop().time()):
+            if self.direct_send(text):
+                metrics.inc("ws_frames_out_total")
+            else:
+                conflation.hold_again(group, text)
+        consumer.schedule_release()
         return True
 
     def queued(self) -> None:

@@ -1,4 +1,4 @@
-"""What a client asks for in its WebSocket URL: ``?topics=a,b&history=N&since=a:41:3f9a2c1b,b:7:0c1d2e3f``.
+"""What a client asks for in its WebSocket URL: ``?topics=a,b&history=N&since=a:41:3f9a2c1b&max_rate=5``.
 
 Everything here comes from an untrusted client, so every value is checked against a strict pattern
 before it names a group or reaches Redis; a bad value raises ``ClientError`` with a code the client can
@@ -15,6 +15,8 @@ from echo.protocol import DEFAULT_TOPIC, EPOCH_PATTERN, MAX_TOPICS_PER_CONNECTIO
 
 MAX_QUERY_BYTES = 4096
 DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also accept "²" and other non-ASCII digits
+RATE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,3})?")
+MAX_RATE = 1000.0  # frames per second per topic: above this, conflation would not be asked for
 MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
 
 # RFC 6455 close code for a message that violates the server's policy.
@@ -42,6 +44,7 @@ class Subscription:
     topics: tuple[str, ...] = (DEFAULT_TOPIC,)
     history: int = 0
     since: dict[str, Position] = field(default_factory=dict)
+    max_rate: float | None = None  # live frames per second per topic, at most (echo.conflation)
 
 
 def parse_subscription(query_string: bytes, *, default_history: int, max_history: int) -> Subscription:
@@ -52,13 +55,23 @@ def parse_subscription(query_string: bytes, *, default_history: int, max_history
         params = parse_qs(query_string.decode("ascii"), keep_blank_values=True, max_num_fields=16)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ClientError("bad_query", f"unreadable query string: {exc}") from None
-    for name in ("topics", "history", "since"):
+    for name in ("topics", "history", "since", "max_rate"):
         if len(params.get(name, ())) > 1:
             raise ClientError("bad_query", f"'{name}' given more than once")
     topics = _topics(params["topics"][0]) if "topics" in params else (DEFAULT_TOPIC,)
     history = _history(params["history"][0], max_history) if "history" in params else default_history
     since = _since(params["since"][0], topics) if "since" in params else {}
-    return Subscription(topics=topics, history=history, since=since)
+    max_rate = _max_rate(params["max_rate"][0]) if "max_rate" in params else None
+    return Subscription(topics=topics, history=history, since=since, max_rate=max_rate)
+
+
+def _max_rate(raw: str) -> float:
+    rate = float(raw) if RATE.fullmatch(raw) else 0.0
+    if not 0 < rate <= MAX_RATE:
+        raise ClientError(
+            "bad_max_rate", f"max_rate must be a number of frames per second, over 0 and at most {MAX_RATE:g}"
+        )
+    return rate
 
 
 def _topics(raw: str) -> tuple[str, ...]:

@@ -589,3 +589,23 @@ def test_a_topic_the_user_may_not_read_is_refused_and_not_retried(server: Server
     with pytest.raises(PlaywrightTimeoutError):
         page.wait_for_function(f"() => window.liveChart.connections() > {opened}", timeout=ms(3))
     page.console.assert_clean()
+
+
+def test_a_slow_link_rate_gets_the_latest_values_at_that_rate(
+    server: Server, server_env: dict[str, str], page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    open_page(page, server)
+    page.select_option("#max-rate", "2")
+    expect(page.locator("#status")).to_have_text("open")
+    page.wait_for_function("() => window.__ws.urls.at(-1).includes('max_rate=2')", timeout=ms(20))
+    before = page.evaluate("window.liveChart.count('prices')")
+    output = push_data(server_env, "--topic", "prices", "--count", "100", "--rate", "50", "-v", "2")
+    published = [line for line in output.splitlines() if line.startswith("published ")]
+    last_seq = int(published[-1].split()[-1])
+    page.wait_for_function(f"() => window.liveChart.lastSeq().prices === {last_seq}", timeout=ms(20))
+    added = page.evaluate("window.liveChart.count('prices')") - before
+    assert 2 <= added <= 10, added  # about 2 a second over 2 s, not 100
+    assert "gap in prices" not in page.locator("#log").inner_text()
+    page.console.assert_clean()

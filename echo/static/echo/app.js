@@ -238,6 +238,7 @@ $("connect").addEventListener("click", () => connection.connect());
 $("disconnect").addEventListener("click", () => connection.disconnect());
 $("window").value = String(DEFAULT_WINDOW);
 $("window").addEventListener("change", (event) => chart.setWindow(Number(event.target.value)));
+$("max-rate").addEventListener("change", (event) => connection.setMaxRate(Number(event.target.value) || null));
 window.addEventListener("online", () => connection.retryNow());
 setInterval(refresh, 250);
 setInterval(() => chart.tick(), 1000);
