@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import peers, publish
-from bench.targets import Verdict, verdicts
+from bench import peers, publish, scale
+from bench.targets import SCALE_P99_MS, Verdict, verdicts
 
 GOAL = (
     "Measure the project's WebSocket server (Django Channels, the Redis fan-out channel layer, "
@@ -40,7 +40,10 @@ METHOD = """\
   both.
   Echo throughput: {thr_conns} connections for {thr_secs:g} s, each with at most {window} messages in flight.
 - Idle: clients opened 200 handshakes at a time per worker and held silent; memory per connection is
-  the server's RSS (whole process tree) after minus before, over the clients connected.
+  the server's RSS (whole process tree) after minus before, over the clients connected (the load
+  generator's the same way, beside it). Clients of a loopback server connect from 127.0.0.2 to
+  127.0.0.9 in turn, so that no source address runs out of ports; one server process can hold no
+  more connections than its open-files limit (`ulimit -Hn`) allows, and the run measures no more.
   Burst: every handshake started at the same moment.
 - CPU is % of one core over the measured window, for the server (process tree) and the load
   generator (all workers); a load generator near 100 % x workers limits what is measured.
@@ -104,8 +107,8 @@ def echo_table(scenarios: dict[str, Any], servers: dict[str, str]) -> list[str]:
 def connections_table(scenarios: dict[str, Any], servers: dict[str, str]) -> list[str]:
     lines = [
         "| server | idle clients held | KB per idle connection | RSS before → after MB | connect s "
-        "| burst: connected / started | burst failures | handshake p50 / p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| load gen KB / connection | burst: connected / started | burst failures | handshake p50 / p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     idle, burst = scenarios.get("idle"), scenarios.get("burst")
     for side in ("baseline", "project"):
@@ -113,9 +116,10 @@ def connections_table(scenarios: dict[str, Any], servers: dict[str, str]) -> lis
         b = burst[side] if burst else None
         idle_cells = (
             f"{i['still_open']:,} / {i['clients']:,} | {i['kb_per_connection']:.1f} "
-            f"| {i['rss_before_mb']:.0f} → {i['rss_after_mb']:.0f} | {i['connect_seconds']:.1f}"
+            f"| {i['rss_before_mb']:.0f} → {i['rss_after_mb']:.0f} | {i['connect_seconds']:.1f} "
+            f"| {fmt(i.get('loadgen_kb_per_connection', math.nan), '.1f')}"
             if i
-            else "- | - | - | -"
+            else "- | - | - | - | -"
         )
         burst_cells = (
             f"{b['connected']:,} / {b['clients']:,} | {b['failures'] or 'none'} "
@@ -205,6 +209,9 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
     if scenarios.get("publish"):
         method = publish.METHOD.format(**scenarios["publish"]["sizes"])
         lines += ["## Publishing over HTTP", "", method, "", *publish.table(scenarios["publish"]), ""]
+    if scenarios.get("scale"):
+        method = scale.METHOD.format(**scenarios["scale"], target=SCALE_P99_MS)
+        lines += ["## Every core: workers and replicas", "", method, "", *scale.table(scenarios["scale"]), ""]
     if scenarios.get("peers"):
         lines += ["## Peers: two client implementations, and Socket.IO", "", peers.method(), ""]
         lines += [*peers.table(scenarios["peers"]), ""]

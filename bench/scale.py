@@ -38,6 +38,7 @@ from bench.servers import (
     new_layer_prefix,
     running,
 )
+from bench.targets import SCALE_CLIENTS, TARGET_RATE
 
 Result = dict[str, Any]
 SETUPS = ("baseline", "workers_1", "workers_2", "replicas_2")
@@ -47,8 +48,6 @@ LABELS = {
     "workers_2": "project, WEB_CONCURRENCY=2",
     "replicas_2": "project, 2 replicas behind nginx",
 }
-# The target of issue 13 for two processes, on this 2-core machine.
-TARGET_P99_MS = 150.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Sizes:
 # None: not part of that profile (``make bench`` stays a few minutes long).
 SIZES: dict[str, Sizes | None] = {
     "quick": None,
-    "full": Sizes(clients=2000, rate=50, seconds=10, grace=5),
+    "full": Sizes(clients=SCALE_CLIENTS, rate=TARGET_RATE, seconds=10, grace=5),
     "smoke": Sizes(clients=4, rate=20, seconds=0.5, grace=2),
 }
 

@@ -1,8 +1,10 @@
 """One benchmark run: every selected scenario, baseline then project, each on a freshly started server.
 
 The sizes come from a ``Profile``: ``quick`` for ``make bench`` (a few minutes), ``full`` for
-``make bench-full`` (the clients x rate grid, 10,000 idle clients, a burst of 5,000), ``smoke`` for
-``tests/test_bench_smoke.py`` (seconds). A run is a JSON-ready dict that ``bench.report`` writes up.
+``make bench-full`` (the clients x rate grid, 50,000 idle clients, a burst of 10,000, the ``scale``
+setups), ``smoke`` for ``tests/test_bench_smoke.py`` (seconds). Scenarios with sizes of their own
+(``publish``, ``scale``) keep them in their modules. A run is a JSON-ready dict that
+``bench.report`` writes up.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import peers, publish, scenarios
+from bench import peers, publish, scale, scenarios
 from bench.environment import describe
+from bench.limits import connections_per_process
 from bench.loadgen import LoadGenerator
 from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
 
-SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "peers")
+SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "scale", "peers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +55,7 @@ PROFILES = {
     "full": Profile(
         lat_conns=1, lat_msgs=5000, lat_rounds=10, thr_conns=50, thr_secs=10, window=16,
         clients=(100, 250, 500, 1000, 2000), rates=(2, 10, 50, 100), fan_secs=10, grace=5,
-        idle=10_000, burst=5_000, peers=((1000, 10), (1000, 50), (1000, 100)),
+        idle=50_000, burst=10_000, peers=((1000, 10), (1000, 50), (1000, 100)),
     ),
     "smoke": Profile(
         lat_conns=2, lat_msgs=20, lat_rounds=2, thr_conns=4, thr_secs=0.5, window=4,
@@ -143,14 +146,22 @@ def run(
                         results["fanout"].append(cell)
                         progress(f"fan-out {clients} x {rate:g}/s: {summary_fanout(cell)}")
             if "idle" in only:
-                results["idle"] = both(project, spec, lambda s: scenarios.idle(s, load, profile.idle))
-                progress(f"idle {profile.idle}: " + summary(results["idle"], "kb_per_connection", "KB/conn"))
+                idle = idle_clients(profile.idle, progress)
+                results["idle"] = both(project, spec, lambda s: scenarios.idle(s, load, idle))
+                for side in results["idle"].values():
+                    side["wanted"] = profile.idle
+                progress(f"idle {idle}: " + summary(results["idle"], "kb_per_connection", "KB/conn"))
             if "burst" in only:
                 results["burst"] = both(project, spec, lambda s: scenarios.burst(s, load, profile.burst))
                 progress(f"burst {profile.burst}: " + summary(results["burst"], "failed", "failed"))
             if "publish" in only and not spec.is_baseline:
                 results["publish"] = publish.measure(project, spec, profile_name)
                 progress("publish: " + publish.summary(results["publish"]))
+            if "scale" in only:
+                if (found := scale.measure(project, load, profile_name, progress)) is None:
+                    progress(f"scale: not in the {profile_name} profile (--profile full --only scale)")
+                else:
+                    results["scale"] = found
             if "peers" in only:
                 results["peers"] = peers.measure(
                     project, spec, load, profile.peers, profile.fan_secs, profile.grace
@@ -163,6 +174,17 @@ def run(
     run_info["environment"]["load_after"] = os.getloadavg()
     run_info["seconds"] = time.monotonic() - started
     return run_info
+
+
+def idle_clients(wanted: int, progress: Progress) -> int:
+    """``wanted``, or as many as one process's open-files limit allows (each server holds them all)."""
+    room = connections_per_process()
+    if wanted > room:
+        progress(
+            f"idle: {wanted:,} clients need {wanted:,} descriptors in one server process; the hard "
+            f"open-files limit here allows {room:,} (ulimit -Hn): measuring {room:,}"
+        )
+    return min(wanted, room)
 
 
 def summary(pair: dict[str, Any], key: str, unit: str) -> str:

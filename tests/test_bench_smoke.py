@@ -61,6 +61,16 @@ def check_echo_and_fanout(run: dict[str, Any]) -> None:
             assert math.isfinite(result["p99_ms"])
 
 
+def check_scale(result: dict[str, Any]) -> None:
+    """Every setup ran (replicas behind nginx only where nginx is installed) and reports CPU per delivery."""
+    assert set(result["setups"]) == {"baseline", "workers_1", "workers_2", "replicas_2"}
+    for setup, r in result["setups"].items():
+        if setup == "replicas_2" and "skipped" in r:
+            continue
+        assert 0 < r["received"] <= r["expected"], (setup, r)
+        assert r["server_cpu_us_per_delivery"] > 0 and r["cpu_by_process_pct"], (setup, r)
+
+
 def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
     # peers needs Node.js and the bench's npm packages: tests/test_bench_peers.py covers it.
     run = run_smoke("default", tuple(name for name in suite.SCENARIOS if name != "peers"))
@@ -70,11 +80,13 @@ def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
     check_pair(scenarios["burst"], {"clients", "connected", "failed", "failures", "handshake_p99_ms"})
     for result in scenarios["burst"].values():
         assert result["connected"] + result["failed"] == suite.PROFILES["smoke"].burst
+    check_scale(scenarios["scale"])
 
     assert {v.word for v in verdicts(run)} <= {"PASS", "FAIL", "n/a"}
     written = report.write(run, tmp_path)
     text = written.read_text()
     assert "## Targets (issue 4)" in text and "## Fan-out" in text and "## Connections" in text
+    assert "## Every core: workers and replicas" in text and "µs / delivery" in text
     assert written.with_suffix(".json").exists()
 
 
