@@ -117,15 +117,18 @@ async def connected_socket(url: str, source: str) -> socket.socket:
     return sock
 
 
-async def open_client(url: str, source: str | None = None) -> ClientConnection:
-    """One client connection: no compression (measure the server, not zlib), no keepalive pings.
+async def open_client(
+    url: str, source: str | None = None, compression: str | None = None
+) -> ClientConnection:
+    """One client connection: no compression unless asked (``"deflate"``: measure the server's, not
+    zlib's by default), no keepalive pings.
 
     From ``source`` (an address of this machine) if given, else from whatever address the kernel picks.
     """
     options: dict[str, Any] = {"sock": await connected_socket(url, source)} if source else {}
     return await connect(
         url,
-        compression=None,
+        compression=compression,
         ping_interval=None,
         open_timeout=OPEN_TIMEOUT,
         max_size=None,
@@ -141,7 +144,9 @@ def failure_name(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def open_many(url: str, count: int, concurrency: int | None) -> tuple[list[ClientConnection], Job]:
+async def open_many(
+    url: str, count: int, concurrency: int | None, compression: str | None = None
+) -> tuple[list[ClientConnection], Job]:
     """Open ``count`` clients, at most ``concurrency`` handshakes at a time (None: all at once).
 
     Returns the open connections and the handshake report: failures by kind and handshake times.
@@ -155,7 +160,7 @@ async def open_many(url: str, count: int, concurrency: int | None) -> tuple[list
         async with limit:
             started = time.perf_counter()
             try:
-                connection = await open_client(url, sources[index % len(sources)])
+                connection = await open_client(url, sources[index % len(sources)], compression)
             except Exception as exc:
                 failures[failure_name(exc)] += 1
                 return None
@@ -259,7 +264,9 @@ class Worker:
     async def fanout(self, job: Job) -> None:
         """Count every data frame of ``topic`` each client receives: seq gaps and publish→receive latency."""
         topic = job["topic"]
-        connections, report = await open_many(job["url"], job["clients"], CONNECT_CONCURRENCY)
+        connections, report = await open_many(
+            job["url"], job["clients"], CONNECT_CONCURRENCY, job.get("compression")
+        )
         received = [0] * len(connections)
         last_seq = [0] * len(connections)
         gaps = [0] * len(connections)

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import peers, publish, scale
+from bench import delivery_options, peers, publish, scale
 from bench.targets import SCALE_P99_MS, Verdict, verdicts
 
 GOAL = (
@@ -212,6 +212,11 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
     if scenarios.get("scale"):
         method = scale.METHOD.format(**scenarios["scale"], target=SCALE_P99_MS)
         lines += ["## Every core: workers and replicas", "", method, "", *scale.table(scenarios["scale"]), ""]
+    if scenarios.get("options"):
+        conflation = scenarios["options"]["conflation"]
+        method = delivery_options.METHOD.format(**{k: conflation[k] for k in ("clients", "rate", "max_rate")})
+        lines += ["## Delivery options: conflation and compression", "", method, ""]
+        lines += [*delivery_options.table(scenarios["options"]), ""]
     if scenarios.get("peers"):
         lines += ["## Peers: two client implementations, and Socket.IO", "", peers.method(), ""]
         lines += [*peers.table(scenarios["peers"]), ""]

@@ -140,8 +140,13 @@ def fanout(
     rate: float,
     seconds: float,
     grace: float = FANOUT_GRACE,
+    query: str = "",
+    compression: str | None = None,
 ) -> Result:
     """``clients`` listen while the publisher pushes ``rate`` frames/s for ``seconds``: loss and latency.
+
+    ``query`` is added to the clients' URL (``&max_rate=5``); ``compression="deflate"`` makes them
+    offer permessage-deflate.
 
     A frame counts as lost if it never arrived (a seq gap, or not there ``grace`` seconds after
     the publisher finished). Deliveries/s is frames received over the span from the first publish to
@@ -151,7 +156,15 @@ def fanout(
     count = max(1, round(rate * seconds))
     shares = split(clients, len(load.workers))
     jobs = [
-        {"op": "fanout", "url": server.url(), "clients": n, "topic": server.spec.topic} for n in shares if n
+        {
+            "op": "fanout",
+            "url": server.url() + query,
+            "clients": n,
+            "topic": server.spec.topic,
+            "compression": compression,
+        }
+        for n in shares
+        if n
     ]
     ready = load.prepare(jobs, CONNECT_TIMEOUT)
     connected = sum(r["connected"] for r in ready)

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import peers, publish, scale, scenarios
+from bench import delivery_options, peers, publish, scale, scenarios
 from bench.environment import describe
 from bench.limits import connections_per_process
 from bench.loadgen import LoadGenerator
 from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
 
-SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "scale", "peers")
+SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "scale", "peers", "options")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +162,25 @@ def run(
                     progress(f"scale: not in the {profile_name} profile (--profile full --only scale)")
                 else:
                     results["scale"] = found
+            if "options" in only and not spec.is_baseline:
+                clients, rate, max_rate = delivery_options.CONFLATION[profile_name]
+                options = results["options"] = {}
+                options["conflation"] = delivery_options.conflation(
+                    project, spec, load, clients=clients, rate=rate, max_rate=max_rate,
+                    seconds=profile.fan_secs, grace=profile.grace,
+                )  # fmt: skip
+                progress("conflation: " + delivery_options.summary_conflation(options["conflation"]))
+                clients, rate = delivery_options.COMPRESSION[profile_name]
+                options["compression"] = delivery_options.compression(
+                    project,
+                    spec,
+                    load,
+                    clients=clients,
+                    rate=rate,
+                    seconds=profile.fan_secs,
+                    grace=profile.grace,
+                )
+                progress("compression: " + delivery_options.summary_compression(options["compression"]))
             if "peers" in only:
                 results["peers"] = peers.measure(
                     project, spec, load, profile.peers, profile.fan_secs, profile.grace
