@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -31,6 +31,9 @@ from echo.protocol import (
 from echo.streams import TopicStreams, Verdict
 from echo.subscription import CLOSE_POLICY_VIOLATION, ClientError, Subscription, parse_subscription
 from echo.tokens import PROTOCOL, TokenError, offered_token
+
+if TYPE_CHECKING:
+    from echo.delivery import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +70,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
     token_expiry: asyncio.TimerHandle | None = None
     conflation: Conflation | None = None  # with max_rate: frames held back (echo.conflation)
     release_timer: asyncio.TimerHandle | None = None
-    # Set by echo.delivery on this project's layer: sends due held frames now; False if it cannot.
-    direct_release: Callable[[], bool] | None = None
+    # Set by echo.delivery on this project's layer when the server offers a synchronous send.
+    delivery: Delivery | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -332,7 +335,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     def _release_due(self) -> None:
         self.release_timer = None
-        if self.direct_release is None or not self.direct_release():
+        if self.delivery is None or not self.delivery.release():
             self.send_to_self("conflation.release")
 
     async def conflation_release(self, event: dict[str, Any]) -> None:
@@ -457,4 +460,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     async def _send_text(self, text: str) -> None:
         metrics.inc("ws_frames_out_total")
+        # Written at once if the socket takes it (a pushed frame's bytes are then the ones made for
+        # every connection); else the server's send, which waits until the socket is writable.
+        if self.delivery is not None and not self.closing and self.delivery.direct_send(text):
+            return
         await self.send_frame({"type": "websocket.send", "text": text})

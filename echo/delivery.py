@@ -64,12 +64,12 @@ class Delivery:
 
     def __init__(self, consumer: EchoConsumer, direct_send: Callable[[str], bool] | None) -> None:
         self.consumer = consumer
-        self.direct_send = direct_send
+        self.direct_send: Callable[[str], bool] = direct_send or _never
         self.connection = asyncio.current_task()
         self.drainer: asyncio.Task[None] | None = None
         consumer.channel_layer.attach(consumer.channel_name, self.queued, self.offer if direct_send else None)
         if direct_send is not None:
-            consumer.direct_release = self.release
+            consumer.delivery = self
 
     def offer(self, event: dict[str, Any]) -> bool:
         """Called by the layer's reader with a new event while this connection's queue is empty.
@@ -92,7 +92,6 @@ class Delivery:
         if consumer.conflation is not None and not consumer.paced(event):
             consumer.relayed(event)  # held back by max_rate: seen, so not a hole
             return True
-        assert self.direct_send is not None
         if not self.direct_send(event["text"]):
             return False
         consumer.relayed(event)
@@ -108,7 +107,6 @@ class Delivery:
         consumer, conflation = self.consumer, self.consumer.conflation
         if self.drainer is not None or consumer.turn.locked() or consumer.closing or conflation is None:
             return False
-        assert self.direct_send is not None
         for group, text in conflation.release(asyncio.get_running_loop().time()):
             if self.direct_send(text):
                 metrics.inc("ws_frames_out_total")
@@ -145,3 +143,8 @@ class Delivery:
             self.drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.drainer
+
+
+def _never(text: str) -> bool:
+    """The synchronous send of a server that offers none: nothing is ever written this way."""
+    return False
