@@ -28,6 +28,7 @@ import yaml
 
 from tests.postgres import empty_postgres_url  # noqa: F401 - a fixture
 from tests.support import ROOT, OutputWatcher, data_frames, next_echo, spawn, start_server, stop, timeout
+from wsproject.server import worker_count
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -214,7 +215,12 @@ def test_the_migrate_command_creates_the_tables(new_database_url: str) -> None:
 async def test_web_and_pusher_commands_serve_and_push_with_the_files_environment(static_root: Path) -> None:
     env = REQUIRED
     web_env = {**service_env("web", env), "DJANGO_STATIC_ROOT": str(static_root)}
+    # One worker per available CPU, capped, unless WEB_CONCURRENCY is set (wsproject/server.py).
+    assert web_env["WEB_CONCURRENCY"] == "auto"
+    workers = worker_count(web_env["WEB_CONCURRENCY"])
     with start_server(local_command("web"), web_env) as web:
+        # With several workers uvicorn's supervisor binds the socket; the workers listen once they are up.
+        web.output.wait_for_count(r"Started server process \[\d+\]", workers, 30)
         async with websockets.connect(web.ws_url(), origin=web.origin) as ws:
             await ws.send("*")
             assert await next_echo(ws) == "*"
