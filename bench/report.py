@@ -40,10 +40,11 @@ METHOD = """\
   both.
   Echo throughput: {thr_conns} connections for {thr_secs:g} s, each with at most {window} messages in flight.
 - Idle: clients opened 200 handshakes at a time per worker and held silent; memory per connection is
-  the server's RSS (whole process tree) after minus before, over the clients connected (the load
-  generator's the same way, beside it). Clients of a loopback server connect from 127.0.0.2 to
-  127.0.0.9 in turn, so that no source address runs out of ports; one server process can hold no
-  more connections than its open-files limit (`ulimit -Hn`) allows, and the run measures no more.
+  the server's RSS (whole process tree) after minus before, over the clients connected (beside it,
+  the load generator's whole RSS over the same clients: an upper bound). Clients of a loopback
+  server connect from 127.0.0.2 to 127.0.0.9 in turn, so that no source address runs out of ports;
+  one server process can hold no more connections than its open-files limit (`ulimit -Hn`) allows,
+  and the run measures no more.
   Burst: every handshake started at the same moment.
 - CPU is % of one core over the measured window, for the server (process tree) and the load
   generator (all workers); a load generator near 100 % x workers limits what is measured.
@@ -107,7 +108,8 @@ def echo_table(scenarios: dict[str, Any], servers: dict[str, str]) -> list[str]:
 def connections_table(scenarios: dict[str, Any], servers: dict[str, str]) -> list[str]:
     lines = [
         "| server | idle clients held | KB per idle connection | RSS before → after MB | connect s "
-        "| load gen KB / connection | burst: connected / started | burst failures | handshake p50 / p99 ms |",
+        "| load gen RSS KB / connection | burst: connected / started | burst failures "
+        "| handshake p50 / p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     idle, burst = scenarios.get("idle"), scenarios.get("burst")
