@@ -3,8 +3,9 @@
 Benchmarks are not tests: nothing here asserts a timing or a target. It checks that the suite still
 works end to end (both servers start, the load generator's workers connect and report, the report is
 written), so that ``make bench`` does not rot between runs. Every scenario runs against the default
-server (``make serve``'s) and the baseline; uvicorn, the other choice, runs echo and fan-out only, to
-keep the whole file near 20 s.
+server (``make serve``'s) and the baseline (``scale`` also against two workers and, with nginx
+installed, two replicas behind it); uvicorn, the other choice, runs echo and fan-out only, to keep the
+whole file near 35 s.
 """
 
 from __future__ import annotations
