@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--server", choices=SERVER_CHOICES, default="default", help="default: what `make serve` runs"
     )
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server processes (WEB_CONCURRENCY of the default server)"
+    )
     parser.add_argument(
         "--loadgen-workers", type=int, default=max(2, os.cpu_count() or 2), help="load-generator processes"
     )
