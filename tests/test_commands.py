@@ -25,6 +25,7 @@ from django.conf import settings
 
 from tests.support import LISTENING, ROOT, OutputWatcher, http_get, spawn, start_server, stop, timeout
 from wsproject.cli import DEFAULT_ENV_FILE, create_dev_env_file, parse_env_file
+from wsproject.server import worker_count
 
 MANAGE = [sys.executable, "manage.py"]
 RUNSERVER = [*MANAGE, "runserver", "127.0.0.1:0"]
@@ -245,6 +246,8 @@ def test_make_serve_runs_production_settings_whatever_is_exported(
 ) -> None:
     env = bare_env(DJANGO_DEBUG="1", PORT="0", HOST="127.0.0.1", DJANGO_STATIC_ROOT=str(tmp_path))
     with start_server([sys.executable, "scripts/devenv.py", "serve"], env) as server:
+        # make serve runs a worker per CPU: uvicorn's supervisor says it runs before they all listen.
+        server.output.wait_for_count(r"Started server process \[\d+\]", worker_count("auto"), 30)
         status, body = http_get(server.http_url("/no-such-page"))
     assert status == 404
     assert "URLconf" not in body, "make serve ran with DEBUG on"
