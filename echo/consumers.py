@@ -68,6 +68,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
     history_unavailable = False  # the last attempt to read history failed
     viewer: str | None = None  # who presence lists on the connection's topics that are not public
     token_expiry: asyncio.TimerHandle | None = None
+    rate: FrameRateLimit | None = None  # made at the client's first frame: listeners never need one
     conflation: Conflation | None = None  # with max_rate: frames held back (echo.conflation)
     release_timer: asyncio.TimerHandle | None = None
     # Set by echo.delivery on this project's layer when the server offers a synchronous send.
@@ -76,9 +77,6 @@ class EchoConsumer(AsyncWebsocketConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.turn = asyncio.Lock()  # handlers run one at a time, as Channels guarantees
-        self.rate = FrameRateLimit(
-            rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
-        )
 
     @property
     def features(self) -> Capabilities:
@@ -254,6 +252,12 @@ class EchoConsumer(AsyncWebsocketConsumer):
                 ClientError("frame_too_big", f"frames are limited to {limit} bytes", CLOSE_TOO_BIG)
             )
             return
+        if self.rate is None:
+            self.rate = FrameRateLimit(
+                rate=settings.WS_RATE_LIMIT,
+                burst=settings.WS_RATE_BURST,
+                max_strikes=settings.WS_RATE_STRIKES,
+            )
         if not self.rate.allow():
             metrics.inc("ws_dropped_total", "rate_limit")
             if self.rate.abusive:

@@ -85,9 +85,11 @@ class App:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.send: Any = None
+        self.scope_headers_seen = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.send = send
+        self.scope_headers_seen = bool(scope["headers"])
         self.received.append(await receive())
         await send({"type": "websocket.accept"})
         while True:
@@ -284,6 +286,8 @@ async def test_start_keepalive_is_called_once_after_the_handshake_response_is_wr
     assert had_request and had_response, "uvicorn no longer keeps the handshake as request / response"
     protocol = peer.protocol
     assert protocol.request is None and protocol.response is None
+    assert protocol.scope["headers"] == [], "the scope's headers list is no longer one list to empty"
+    assert peer.app.scope_headers_seen, "the app did not see the headers before it accepted"
     assert protocol.ping_timer is not None, "uvicorn's start_keepalive no longer schedules pings"
     # A whole conversation afterwards, pings and a close included, never touches them.
     peer.client.send_text(b"hello")

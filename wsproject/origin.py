@@ -28,10 +28,12 @@ def browser_origin_validator(application: ASGIApp) -> ASGIApp:
     require_origin: bool = settings.WS_REQUIRE_ORIGIN
     allow_null: bool = settings.WS_ALLOW_NULL_ORIGIN
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # Returns the chosen app's coroutine rather than awaiting it: one suspended frame fewer held
+        # for every connection's whole life.
         origin = next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
         if (origin is None and not require_origin) or (origin == b"null" and allow_null):
-            return await application(scope, receive, send)
-        return await validated(scope, receive, send)
+            return application(scope, receive, send)
+        return validated(scope, receive, send)
 
     return app

@@ -148,8 +148,13 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         # The parsed request and response, headers and all, are not needed after this point, but
         # uvicorn keeps them for the connection's life, and so does websockets' parser (a local
         # variable of its generator): emptying the headers frees them for every idle connection.
+        # So is the ASGI scope's list of headers (shared with the URL router's copy of the scope):
+        # the app has read them (origin, cookie, subprotocols) before it accepted.
         self.request.headers.clear()
         self.request = self.response = None  # type: ignore[assignment]
+        headers = self.scope["headers"]
+        if isinstance(headers, list):  # uvicorn's is; a list shared by every copy of the scope
+            headers.clear()
         self.frame_setting = frame_setting(self.conn.extensions)
         super().start_keepalive()
 
