@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,19 @@ class EchoConsumer(AsyncWebsocketConsumer):
     def features(self) -> Capabilities:
         """What the channel layer can do (``echo.capabilities``, looked up once per layer)."""
         return capabilities(self.channel_layer)
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """Channels' ``as_asgi``, whose app returns the consumer's coroutine instead of awaiting it
+        (one suspended frame fewer per connection); the same attributes, name and docstring."""
+        channels_app = super().as_asgi(**initkwargs)
+
+        def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+            return cls(**initkwargs)(scope, receive, send)
+
+        app.consumer_class = channels_app.consumer_class  # type: ignore[attr-defined]
+        app.consumer_initkwargs = channels_app.consumer_initkwargs  # type: ignore[attr-defined]
+        return functools.update_wrapper(app, cls, updated=())
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """Channels' own loop on any layer; on this project's layer ``echo.delivery``'s, with no

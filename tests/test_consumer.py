@@ -221,3 +221,14 @@ async def test_a_project_using_auth_middleware_stack_has_its_scope_user_checked(
             assert frame["code"] == "forbidden"
             assert (await communicator.receive_output())["code"] == 3003
         await communicator.disconnect()
+
+
+def test_as_asgi_keeps_channels_attributes_and_holds_no_frame_of_its_own() -> None:
+    import inspect
+
+    from echo.consumers import EchoConsumer
+
+    app = EchoConsumer.as_asgi()
+    assert app.consumer_class is EchoConsumer and app.consumer_initkwargs == {}
+    assert app.__name__ == "EchoConsumer" and app.__doc__ == EchoConsumer.__doc__
+    assert not inspect.iscoroutinefunction(app)  # returns the consumer's coroutine instead of awaiting it
