@@ -78,21 +78,21 @@ class Rule:
 class Reader:
     """Who opens a connection or asks for topics: a Django user, and what a token narrows them to.
 
-    ``key_name`` and ``key_topics`` are set when the reader holds an API key (or its token): the key's
-    patterns (empty: all). ``token_topics`` is set when the reader's token names the only topics it
+    ``key`` and ``key_topics`` are set when the reader holds an API key (or its token): the key and
+    its patterns (empty: all). ``token_topics`` is set when the reader's token names the only topics it
     may be used for.
     """
 
     user: Any  # a User or AnonymousUser
-    key_name: str | None = None
+    key: Any = None  # an echo.models.ApiKey
     key_topics: tuple[str, ...] | None = None
     token_topics: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
         """How presence lists this reader."""
-        if self.key_name is not None:
-            return f"key:{self.key_name}"
+        if self.key is not None:
+            return f"key:{self.key.name}"
         return str(self.user.get_username()) if self.user.is_authenticated else "anonymous"
 
 

@@ -20,6 +20,7 @@ from echo.conf import app_settings
 from echo.protocol import GROUP_PREFIX, group_topic
 
 MAX_TOKEN_TOPICS = 64
+KEY_ID_LENGTH = 16  # hex digits of a key's digest that name it in a token (64 bits)
 
 
 async def session_user(request: HttpRequest) -> Any:
@@ -46,7 +47,7 @@ async def request_reader(request: HttpRequest) -> Reader | JsonResponse:
         response = api_error(401, "unauthorized", "unknown or revoked API key")
         response["WWW-Authenticate"] = "Bearer"
         return response
-    return Reader(AnonymousUser(), key_name=api_key.name, key_topics=parse_patterns(api_key.topics))
+    return Reader(AnonymousUser(), key=api_key, key_topics=parse_patterns(api_key.topics))
 
 
 @require_GET
@@ -104,15 +105,15 @@ async def _issue(request: HttpRequest) -> JsonResponse:
     reader = await request_reader(request)
     if isinstance(reader, JsonResponse):
         return reader
-    if reader.key_name is None and not reader.user.is_authenticated:
+    if reader.key is None and not reader.user.is_authenticated:
         return api_error(401, "login_required", "log in, or send an API key as Authorization: Bearer")
     try:
         narrowed = _requested_topics(request.body)
     except ValueError as exc:
         return api_error(400, "bad_request", str(exc))
     ttl = app_settings.WS_TOKEN_TTL
-    if reader.key_name is not None:
-        signed, claims = tokens.issue(ttl=ttl, key_name=reader.key_name, topics=narrowed)
+    if reader.key is not None:
+        signed, claims = tokens.issue(ttl=ttl, key_id=reader.key.digest[:KEY_ID_LENGTH], topics=narrowed)
     else:
         signed, claims = tokens.issue(ttl=ttl, user_id=reader.user.pk, topics=narrowed)
     return JsonResponse(

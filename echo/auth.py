@@ -41,12 +41,10 @@ async def _token_reader(token: tokens.Token) -> Reader:
         if user is None:
             raise tokens.TokenError("bad_token", "the connection token's user is no longer active")
         return Reader(user, token_topics=token.topics)
-    key = await ApiKey.objects.filter(name=token.key_name).afirst()
+    key = await ApiKey.objects.filter(digest__startswith=token.key_id).afirst() if token.key_id else None
     if key is None:
         raise tokens.TokenError("bad_token", "the connection token's API key was revoked")
-    return Reader(
-        AnonymousUser(), key_name=key.name, key_topics=parse_patterns(key.topics), token_topics=token.topics
-    )
+    return Reader(AnonymousUser(), key=key, key_topics=parse_patterns(key.topics), token_topics=token.topics)
 
 
 async def session_user(scope: dict[str, Any]) -> Any:

@@ -37,10 +37,14 @@ class TokenError(Exception):
 
 @dataclass(frozen=True)
 class Token:
-    """What a valid token says: the user's id or the API key's name, its topics, and when it expires."""
+    """What a valid token says: the user's id or the API key's id, its topics, and when it expires.
+
+    A key's id is the start of its digest: unlike its name, it dies with the key (a key made again
+    under the same name has another).
+    """
 
     user_id: int | None
-    key_name: str | None
+    key_id: str | None
     topics: tuple[str, ...] | None
     expires: float
 
@@ -58,22 +62,22 @@ def issue(
     *,
     ttl: float,
     user_id: int | None = None,
-    key_name: str | None = None,
+    key_id: str | None = None,
     topics: tuple[str, ...] | None = None,
 ) -> tuple[str, Token]:
     """Sign a token for a user (or an API key), valid ``ttl`` seconds; return it and what it says."""
-    if (user_id is None) == (key_name is None):
+    if (user_id is None) == (key_id is None):
         raise ValueError("a token names exactly one of a user and an API key")
     expires = int(time.time() + ttl)
     payload: dict[str, object] = {"x": expires}
     if user_id is not None:
         payload["u"] = user_id
-    if key_name is not None:
-        payload["k"] = key_name
+    if key_id is not None:
+        payload["k"] = key_id
     if topics is not None:
         payload["t"] = list(topics)
     token = _signer().sign_object(payload, compress=False)
-    return token, Token(user_id, key_name, topics, float(expires))
+    return token, Token(user_id, key_id, topics, float(expires))
 
 
 def read(token: str, now: float | None = None) -> Token:
@@ -85,14 +89,14 @@ def read(token: str, now: float | None = None) -> Token:
     try:
         expires = float(payload["x"])
         user_id = payload.get("u")
-        key_name = payload.get("k")
+        key_id = payload.get("k")
         topics = payload.get("t")
         if topics is not None and not isinstance(topics, list):
             raise TypeError
         if (
-            (user_id is None) == (key_name is None)
+            (user_id is None) == (key_id is None)
             or (user_id is not None and type(user_id) is not int)
-            or (key_name is not None and not isinstance(key_name, str))
+            or (key_id is not None and not isinstance(key_id, str))
             or (
                 topics is not None
                 and not (isinstance(topics, list) and all(isinstance(t, str) for t in topics))
@@ -101,7 +105,7 @@ def read(token: str, now: float | None = None) -> Token:
             raise TypeError
     except (KeyError, TypeError, ValueError, AttributeError):
         raise TokenError("bad_token", "the connection token is not valid") from None
-    claims = Token(user_id, key_name, tuple(topics) if topics is not None else None, expires)
+    claims = Token(user_id, key_id, tuple(topics) if topics is not None else None, expires)
     if claims.remaining(now) <= 0:
         raise TokenError("token_expired", "the connection token has expired: get a new one")
     return claims

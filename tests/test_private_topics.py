@@ -365,5 +365,9 @@ async def test_an_api_key_gets_tokens_for_its_topics_only_until_it_is_revoked(pr
     async with connect(production, "topics=sensor-1", protocols=protocols) as ws:
         error, code = await refusal(ws)
         assert (error["code"], code) == ("bad_token", 3000)
+    create_key("sensor-*", name=name)  # a new key under the old name does not bring old tokens back
+    async with connect(production, "topics=sensor-1", protocols=protocols) as ws:
+        error, code = await refusal(ws)
+        assert (error["code"], code) == ("bad_token", 3000)
     production.output.drain(seconds=1)
     assert key not in production.output.text()
