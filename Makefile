@@ -63,7 +63,7 @@ bench: $(STAMP) $(BENCH_NODE_STAMP) ## Quick benchmark (a few minutes): the prod
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile quick $(BENCH_ARGS)
 
-bench-full: $(STAMP) $(BENCH_NODE_STAMP) ## The whole benchmark: clients x rate grid, 10,000 idle clients, a burst of 5,000 (BENCH_ARGS='--server uvicorn --workers 2')
+bench-full: $(STAMP) $(BENCH_NODE_STAMP) ## The whole benchmark: the clients x rate grid, 50,000 idle clients (as many as the open-files limit allows), a burst of 10,000, workers and replicas, peers, conflation and compression
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile full $(BENCH_ARGS)
 
@@ -71,4 +71,4 @@ chaos: $(STAMP) ## The chaos run (about 8 minutes): servers behind nginx, Redis 
 	$(PY) scripts/devenv.py exec -- $(PY) -m tests.chaos $(CHAOS_ARGS)
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles node_modules
+	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles node_modules bench/node/node_modules
