@@ -342,7 +342,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
             return True
         if conflation.admit(event["group"], event["text"], asyncio.get_running_loop().time()):
             return True
-        self.schedule_release()
+        if self.release_timer is None:
+            self.schedule_release()
         return False
 
     def schedule_release(self) -> None:

@@ -90,7 +90,8 @@ class Delivery:
         if verdict is Verdict.RECOVER:
             return False
         if consumer.conflation is not None and not consumer.paced(event):
-            consumer.relayed(event)  # held back by max_rate: seen, so not a hole
+            # Held back by max_rate: seen (so not a hole), not relayed.
+            consumer.streams.advance(event["group"], event["epoch"], event["seq"])
             return True
         if not self.direct_send(event["text"]):
             return False
