@@ -18,7 +18,6 @@ from echo.access import topic_access
 from echo.auth import connection_reader
 from echo.capabilities import Capabilities, capabilities
 from echo.conf import app_settings as settings
-from echo.conflation import Conflation
 from echo.limits import FrameRateLimit, per_address
 from echo.presence import presence_for
 from echo.protocol import (
@@ -70,8 +69,6 @@ class EchoConsumer(AsyncWebsocketConsumer):
     viewer: str | None = None  # who presence lists on the connection's topics that are not public
     token_expiry: asyncio.TimerHandle | None = None
     rate: FrameRateLimit | None = None  # made at the client's first frame: listeners never need one
-    conflation: Conflation | None = None  # with max_rate: frames held back (echo.conflation)
-    release_timer: asyncio.TimerHandle | None = None
     # Set by echo.delivery on this project's layer when the server offers a synchronous send.
     delivery: Delivery | None = None
 
@@ -138,18 +135,20 @@ class EchoConsumer(AsyncWebsocketConsumer):
             )
             self.count_address()  # before any database query a refused address could cause
             await self.authorize()
-            if self.subscription.max_rate is not None:
-                self.conflation = Conflation(self.subscription.max_rate)
         except ClientError as error:
             await self.accept(self.protocol)
             await self.refuse(error)
             return
         self.groups = [topic_group(topic) for topic in self.subscription.topics]
+        paced = self.pace(self.subscription.max_rate)
         self.streams = TopicStreams(
             self.subscription.history,
             {topic_group(topic): position for topic, position in self.subscription.since.items()},
+            skips=paced,
         )
         frames = await self.catch_up_all()
+        if self.subscription.max_rate is not None and not paced:
+            frames.append(warning_frame("no_max_rate", "this server's channel layer cannot pace frames"))
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept(self.protocol)
@@ -162,9 +161,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, after the groups were left."""
-        for timer in (self.token_expiry, self.release_timer):
-            if timer is not None:
-                timer.cancel()
+        if self.token_expiry is not None:
+            self.token_expiry.cancel()
         if self.joined:
             if self.features.presence:
                 self.presence_change("leave")
@@ -307,8 +305,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
             verdict = self.verdict(event)
             if verdict is Verdict.SEND:
                 self.relayed(event)
-                if self.paced(event):
-                    texts.append(event["text"])
+                texts.append(event["text"])
             elif verdict is Verdict.RECOVER:
                 await self._relay(texts)
                 texts = []
@@ -334,35 +331,13 @@ class EchoConsumer(AsyncWebsocketConsumer):
             self.streams.advance(event["group"], event["epoch"], event["seq"])
             metrics.inc("ws_messages_relayed_total")
 
-    def paced(self, event: dict[str, Any]) -> bool:
-        """True if a pushed frame may go out now; False if the client's ``max_rate`` holds it back
-        (it goes out when due, unless a newer frame of its topic replaces it first)."""
-        conflation = self.conflation
-        if conflation is None or "seq" not in event:
-            return True
-        if conflation.admit(event["group"], event["text"], asyncio.get_running_loop().time()):
-            return True
-        if self.release_timer is None:
-            self.schedule_release()
-        return False
-
-    def schedule_release(self) -> None:
-        """Make sure a timer sends the held frames when the first of them is due."""
-        due = self.conflation.next_release() if self.conflation is not None else None
-        if self.release_timer is None and due is not None:
-            self.release_timer = asyncio.get_running_loop().call_at(due, self._release_due)
-
-    def _release_due(self) -> None:
-        self.release_timer = None
-        if self.delivery is None or not self.delivery.release():
-            self.send_to_self("conflation.release")
-
-    async def conflation_release(self, event: dict[str, Any]) -> None:
-        """Called when held frames are due (Channels' own loop, or a busy connection): send them."""
-        if self.conflation is not None:
-            released = self.conflation.release(asyncio.get_running_loop().time())
-            await self._relay([text for _, text in released])
-            self.schedule_release()
+    def pace(self, max_rate: float | None) -> bool:
+        """Called on connect with the client's ``max_rate``: have the layer pace its live frames, once
+        per process for every client of a topic and rate (``echo.conflation``); True if it does."""
+        if max_rate is None or not self.features.attach:  # other layers cannot: every frame is sent
+            return False
+        self.channel_layer.pace(self.channel_name, max_rate)
+        return True
 
     async def layer_resync(self, event: dict[str, Any]) -> None:
         """Called after the server reconnected to Redis: send what was published while it was away.

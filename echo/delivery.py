@@ -89,31 +89,10 @@ class Delivery:
             return True
         if verdict is Verdict.RECOVER:
             return False
-        if consumer.conflation is not None and not consumer.paced(event):
-            # Held back by max_rate: seen (so not a hole), not relayed.
-            consumer.streams.advance(event["group"], event["epoch"], event["seq"])
-            return True
         if not self.direct_send(event["text"]):
             return False
         consumer.relayed(event)
         metrics.inc("ws_frames_out_total")
-        return True
-
-    def release(self) -> bool:
-        """Called by the consumer's conflation timer: write its due held frames now, if idle.
-
-        False if the connection is busy (the consumer then sends them in turn). A frame the socket
-        will not take now is held again, for the next release.
-        """
-        consumer, conflation = self.consumer, self.consumer.conflation
-        if self.drainer is not None or consumer.turn.locked() or consumer.closing or conflation is None:
-            return False
-        for group, text in conflation.release(asyncio.get_running_loop().time()):
-            if self.direct_send(text):
-                metrics.inc("ws_frames_out_total")
-            else:
-                conflation.hold_again(group, text)
-        consumer.schedule_release()
         return True
 
     def queued(self) -> None:

@@ -10,6 +10,10 @@ A consumer can take events in two ways, and a channel says which: wait in ``rece
 own way, every consumer), or be called back (``on_queued``) and take everything waiting at once,
 optionally offered each event synchronously first (``direct``) while its queue is empty. The
 second way is what ``echo.delivery`` uses, so that an idle connection keeps no task waiting.
+
+A channel may be paced (``max_rate``, ``echo.conflation``): its groups' numbered events then reach it
+through one ``Pace`` per group and rate, shared by every such channel of the process, which passes on
+the newest event when one is due; the events in between cost nothing per channel.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from echo.conflation import Conflation
 from echo.protocol import OVERFLOW_EVENT
 
 logger = logging.getLogger(__name__)
@@ -29,7 +34,7 @@ Event = dict[str, Any]
 class Channel:
     """One local channel: a bounded queue of events, and whom to wake when one is queued."""
 
-    __slots__ = ("capacity", "direct", "events", "groups", "on_queued", "waiter")
+    __slots__ = ("capacity", "direct", "events", "groups", "max_rate", "on_queued", "waiter")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -42,6 +47,7 @@ class Channel:
         self.events: list[Event] = []
         self.waiter: asyncio.Future[None] | None = None
         self.groups: set[str] = set()
+        self.max_rate: float | None = None  # paced: numbered events at most this often per group
 
     def put(self, event: Event) -> None:
         """Queue an event, waking its consumer only if the queue was empty (once per batch)."""
@@ -55,6 +61,17 @@ class Channel:
     def take_all(self) -> list[Event]:
         events, self.events = self.events, []
         return events
+
+
+class Pace:
+    """The paced channels of one group at one rate, the newest event held for them, and its timer."""
+
+    __slots__ = ("conflation", "names", "timer")
+
+    def __init__(self, max_rate: float) -> None:
+        self.conflation = Conflation(max_rate)
+        self.names: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class FanoutStats:
@@ -72,7 +89,8 @@ class LocalFanout:
     def __init__(self, stats: FanoutStats) -> None:
         self.stats = stats
         self.channels: dict[str, Channel] = {}
-        self.groups: dict[str, set[str]] = {}
+        self.groups: dict[str, set[str]] = {}  # every local member, paced or not
+        self.paces: dict[str, dict[float, Pace]] = {}  # group -> max_rate -> its paced members
 
     def add_channel(self, name: str, capacity: int) -> Channel:
         channel = self.channels[name] = Channel(capacity)
@@ -86,6 +104,10 @@ class LocalFanout:
         members = self.groups.setdefault(group, set())
         members.add(name)
         channel.groups.add(group)
+        if channel.max_rate is not None:
+            paces = self.paces.setdefault(group, {})
+            pace = paces.get(channel.max_rate) or paces.setdefault(channel.max_rate, Pace(channel.max_rate))
+            pace.names.add(name)
         return len(members) == 1
 
     def leave(self, group: str, name: str) -> bool:
@@ -97,6 +119,7 @@ class LocalFanout:
         channel = self.channels.get(name)
         if channel is not None:
             channel.groups.discard(group)
+            self._unpace(group, name, channel)
         if members:
             return False
         del self.groups[group]
@@ -109,6 +132,7 @@ class LocalFanout:
             return []
         emptied = []
         for group in channel.groups:
+            self._unpace(group, name, channel)
             members = self.groups.get(group)
             if members is not None:
                 members.discard(name)
@@ -117,21 +141,56 @@ class LocalFanout:
                     emptied.append(group)
         return emptied
 
+    def _unpace(self, group: str, name: str, channel: Channel) -> None:
+        paces = self.paces.get(group)
+        pace = paces.get(channel.max_rate) if paces is not None and channel.max_rate is not None else None
+        if paces is None or pace is None:
+            return
+        pace.names.discard(name)
+        if not pace.names:
+            if pace.timer is not None:
+                pace.timer.cancel()
+            del paces[channel.max_rate]  # type: ignore[arg-type]
+            if not paces:
+                del self.paces[group]
+
     def deliver_to_group(self, group: str, event: Event, *, behind: bool = False) -> None:
         members = self.groups.get(group)
-        if members:
+        if not members:
+            return
+        paces = self.paces.get(group)
+        if paces is None or "seq" not in event:  # only numbered (data) events are paced
             self.deliver(members, event, behind=behind)
+            return
+        self.deliver(members, event, behind=behind, skip_paced=True)
+        now = asyncio.get_running_loop().time()
+        for pace in paces.values():
+            if pace.conflation.admit(group, event, now):
+                self.deliver(pace.names, event, behind=behind)
+            elif pace.timer is None:
+                due = pace.conflation.next_release()
+                assert due is not None
+                pace.timer = asyncio.get_running_loop().call_at(due, self._release, group, pace)
 
-    def deliver(self, names: Iterable[str], event: Event, *, behind: bool = False) -> None:
+    def _release(self, group: str, pace: Pace) -> None:
+        """Called when a pace's held event is due: hand it to the pace's channels."""
+        pace.timer = None
+        for _, event in pace.conflation.release(asyncio.get_running_loop().time()):
+            self.deliver(pace.names, event)
+
+    def deliver(
+        self, names: Iterable[str], event: Event, *, behind: bool = False, skip_paced: bool = False
+    ) -> None:
         """Hand one event to each channel: directly if it is idle and takes it, else into its queue.
 
         ``behind`` (more Redis messages waiting) queues even for idle channels, so that their
-        consumers send what piled up in one frame.
+        consumers send what piled up in one frame. ``skip_paced`` leaves out paced channels (their
+        ``Pace`` hands them the event, or a newer one, when due).
         """
         delivered = 0
         for name in names:
             channel = self.channels.get(name)
-            if channel is None:
+            if channel is None or (skip_paced and channel.max_rate is not None):
                 continue
             delivered += 1
             if (

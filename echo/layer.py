@@ -231,6 +231,14 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         if local is not None:
             local.on_queued, local.direct = on_queued, direct
 
+    def pace(self, channel: str, max_rate: float) -> None:
+        """Pass a local channel at most ``max_rate`` numbered events per second of each group it joins
+        from now on: the newest when one is due (``echo.conflation``), paced once per process for
+        every channel of the same group and rate."""
+        local = self._state().fanout.channels.get(channel)
+        if local is not None:
+            local.max_rate = max_rate
+
     def receive_nowait_all(self, channel: str) -> list[dict[str, Any]]:
         """Take every event already waiting for a local channel, without waiting (for batching)."""
         local = self._state().fanout.channels.get(channel)

@@ -74,10 +74,14 @@ class TopicStreams:
     it stands (``since``). Live frames are checked (``check``) and, once sent, recorded (``advance``).
     """
 
-    __slots__ = ("_cursors", "history")  # one per connection, held for its life
+    __slots__ = ("_cursors", "history", "skips")  # one per connection, held for its life
 
-    def __init__(self, history: int, since: Mapping[str, Position] | None = None) -> None:
+    def __init__(
+        self, history: int, since: Mapping[str, Position] | None = None, *, skips: bool = False
+    ) -> None:
         self.history = history
+        # Paced by the layer (max_rate): live seqs skip forward on purpose, and a skip is no hole.
+        self.skips = skips
         self._cursors = {group: _Cursor(*position) for group, position in (since or {}).items()}
 
     def position(self, group: str) -> Position | None:
@@ -92,7 +96,7 @@ class TopicStreams:
         if epoch == cursor.epoch:
             if seq <= cursor.seq:
                 return Verdict.DUPLICATE
-            return Verdict.SEND if seq == cursor.seq + 1 else Verdict.RECOVER
+            return Verdict.SEND if seq == cursor.seq + 1 or self.skips else Verdict.RECOVER
         if cursor.epoch is None and cursor.seq == 0 and seq == 1:
             return Verdict.SEND  # the first frame of a stream that did not exist yet
         return Verdict.RECOVER

@@ -108,3 +108,19 @@ async def test_push_data_reaches_a_real_server_running_on_redis_pubsub_layer(
     output = server.output.text()
     assert "keeps no history" in output  # said once, at the first connection
     assert "Traceback" not in output
+
+
+async def test_max_rate_on_a_layer_that_cannot_pace_gets_a_warning_and_every_frame(topic: str) -> None:
+    with override_settings(CHANNEL_LAYERS=layers_setting(CHANNELS_REDIS_LAYERS[0])):
+        client = WebsocketCommunicator(
+            application, f"/ws/echo/?topics={topic}&history=0&max_rate=1", headers=ORIGIN
+        )
+        connected, _ = await client.connect()
+        assert connected
+        (warning,) = data_frames((await texts(client, 1))[0])
+        assert (warning["type"], warning["code"]) == ("warning", "no_max_rate")
+        for value in range(3):
+            await Publisher().publish(topic, {"v": value})
+        received = [data_frames(text)[0]["values"]["v"] for text in await texts(client, 3)]
+        assert received == [0, 1, 2]
+        await client.disconnect()

@@ -29,18 +29,6 @@ def test_a_topic_sends_at_most_once_per_interval_and_holds_only_its_newest_frame
     assert pace.release(now=11.0) == []
 
 
-def test_a_frame_that_could_not_be_written_is_held_again_unless_a_newer_one_is() -> None:
-    pace = Conflation(max_rate=10)
-    pace.admit("a", "a1", now=0.0)
-    pace.admit("a", "a2", now=0.01)
-    [(group, text)] = pace.release(now=0.1)
-    pace.hold_again(group, text)
-    assert pace.release(now=0.2) == [("a", "a2")]
-    pace.admit("a", "a3", now=0.25)
-    pace.hold_again("a", "a2")
-    assert pace.release(now=0.31) == [("a", "a3")]
-
-
 @pytest.mark.parametrize("raw", ["0", "-1", "1001", "abc", "1e3", "5.1234", ""])
 def test_max_rate_must_be_a_positive_rate_up_to_1000(raw: str) -> None:
     with pytest.raises(ClientError) as refused:

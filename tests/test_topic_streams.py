@@ -131,3 +131,11 @@ async def test_a_failed_read_leaves_the_position_as_it_was() -> None:
     with pytest.raises(ConnectionError):
         await streams.catch_up(GROUP, unreachable)
     assert streams.position(GROUP) == Position("e1", 7)
+
+
+def test_a_paced_stream_takes_seqs_that_skip_forward_but_not_another_epoch() -> None:
+    streams = TopicStreams(0, {"topic.a": Position("e1", 5)}, skips=True)
+    assert streams.check("topic.a", "e1", 9) is Verdict.SEND  # frames left out by max_rate
+    assert streams.check("topic.a", "e1", 5) is Verdict.DUPLICATE
+    assert streams.check("topic.a", "e2", 1) is Verdict.RECOVER
+    assert TopicStreams(0, {"topic.a": Position("e1", 5)}).check("topic.a", "e1", 9) is Verdict.RECOVER
