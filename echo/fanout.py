@@ -91,6 +91,7 @@ class LocalFanout:
         self.channels: dict[str, Channel] = {}
         self.groups: dict[str, set[str]] = {}  # every local member, paced or not
         self.paces: dict[str, dict[float, Pace]] = {}  # group -> max_rate -> its paced members
+        self.unpaced: dict[str, set[str]] = {}  # group -> its members that are not paced
 
     def add_channel(self, name: str, capacity: int) -> Channel:
         channel = self.channels[name] = Channel(capacity)
@@ -108,6 +109,8 @@ class LocalFanout:
             paces = self.paces.setdefault(group, {})
             pace = paces.get(channel.max_rate) or paces.setdefault(channel.max_rate, Pace(channel.max_rate))
             pace.names.add(name)
+        else:
+            self.unpaced.setdefault(group, set()).add(name)
         return len(members) == 1
 
     def leave(self, group: str, name: str) -> bool:
@@ -142,6 +145,11 @@ class LocalFanout:
         return emptied
 
     def _unpace(self, group: str, name: str, channel: Channel) -> None:
+        unpaced = self.unpaced.get(group)
+        if unpaced is not None:
+            unpaced.discard(name)
+            if not unpaced:
+                del self.unpaced[group]
         paces = self.paces.get(group)
         pace = paces.get(channel.max_rate) if paces is not None and channel.max_rate is not None else None
         if paces is None or pace is None:
@@ -162,7 +170,7 @@ class LocalFanout:
         if paces is None or "seq" not in event:  # only numbered (data) events are paced
             self.deliver(members, event, behind=behind)
             return
-        self.deliver(members, event, behind=behind, skip_paced=True)
+        self.deliver(self.unpaced.get(group, ()), event, behind=behind)
         now = asyncio.get_running_loop().time()
         for pace in paces.values():
             if pace.conflation.admit(group, event, now):
@@ -178,19 +186,16 @@ class LocalFanout:
         for _, event in pace.conflation.release(asyncio.get_running_loop().time()):
             self.deliver(pace.names, event)
 
-    def deliver(
-        self, names: Iterable[str], event: Event, *, behind: bool = False, skip_paced: bool = False
-    ) -> None:
+    def deliver(self, names: Iterable[str], event: Event, *, behind: bool = False) -> None:
         """Hand one event to each channel: directly if it is idle and takes it, else into its queue.
 
         ``behind`` (more Redis messages waiting) queues even for idle channels, so that their
-        consumers send what piled up in one frame. ``skip_paced`` leaves out paced channels (their
-        ``Pace`` hands them the event, or a newer one, when due).
+        consumers send what piled up in one frame.
         """
         delivered = 0
         for name in names:
             channel = self.channels.get(name)
-            if channel is None or (skip_paced and channel.max_rate is not None):
+            if channel is None:
                 continue
             delivered += 1
             if (
