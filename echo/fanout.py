@@ -176,15 +176,21 @@ class LocalFanout:
             if pace.conflation.admit(group, event, now):
                 self.deliver(pace.names, event, behind=behind)
             elif pace.timer is None:
-                due = pace.conflation.next_release()
-                assert due is not None
-                pace.timer = asyncio.get_running_loop().call_at(due, self._release, group, pace)
+                self._schedule(group, pace)
+
+    def _schedule(self, group: str, pace: Pace) -> None:
+        due = pace.conflation.next_release()
+        if due is not None:
+            pace.timer = asyncio.get_running_loop().call_at(due, self._release, group, pace)
 
     def _release(self, group: str, pace: Pace) -> None:
         """Called when a pace's held event is due: hand it to the pace's channels."""
         pace.timer = None
         for _, event in pace.conflation.release(asyncio.get_running_loop().time()):
             self.deliver(pace.names, event)
+        # A timer may fire a little before its time (the loop's clock resolution): then try again.
+        if pace.names:
+            self._schedule(group, pace)
 
     def deliver(self, names: Iterable[str], event: Event, *, behind: bool = False) -> None:
         """Hand one event to each channel: directly if it is idle and takes it, else into its queue.
