@@ -66,7 +66,8 @@ def test_node_client_and_socketio_peer_report_every_row(node_packages: None, tmp
         # Frames arrived and were parsed; loss and latency are measured, not judged.
         assert 0 < row["received"] <= row["expected"], where
         assert math.isfinite(row["p99_ms"]) and row["p50_ms"] <= row["p99_ms"], where
-        assert row["us_per_delivery"] > 0, where
+        # CPU is read in clock ticks (10 ms): a smoke cell's few dozen frames may cost none of them.
+        assert math.isfinite(row["us_per_delivery"]) and row["us_per_delivery"] >= 0, where
 
     assert {v.word for v in verdicts(run)} <= {"PASS", "FAIL", "n/a"}
     text = report.write(run, tmp_path).read_text()

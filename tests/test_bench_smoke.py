@@ -69,7 +69,12 @@ def check_scale(result: dict[str, Any]) -> None:
         if setup == "replicas_2" and "skipped" in r:
             continue
         assert 0 < r["received"] <= r["expected"], (setup, r)
-        assert r["server_cpu_us_per_delivery"] > 0 and r["cpu_by_process_pct"], (setup, r)
+        # CPU is read in clock ticks (10 ms): a smoke cell may cost none of them.
+        assert math.isfinite(r["server_cpu_us_per_delivery"]) and r["server_cpu_us_per_delivery"] >= 0, (
+            setup,
+            r,
+        )
+        assert r["cpu_by_process_pct"], (setup, r)
 
 
 def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
