@@ -45,7 +45,6 @@ from bench.servers import (
     ServerSpec,
     running,
 )
-from bench.stats import latency_summary
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 NODE_PACKAGES = (
@@ -229,30 +228,8 @@ def node_fanout(
         server_cpu = server.cpu_seconds() - server_cpu
     # The clients report their own CPU: they may have exited before /proc could be read.
     client_cpu = sum(r["cpu_seconds"] for r in results) - sum(r["cpu_seconds"] for r in ready)
-    latencies = [x for r in results for x in scenarios.unpack(r["latencies"])]
-    connected = sum(r["connected"] for r in ready)
-    received = sum(r["received"] for r in results)
-    expected = connected * count
-    firsts = [r["first_ts"] for r in results if r["first_ts"] is not None]
-    lasts = [r["last_receive"] for r in results if r["last_receive"] is not None]
-    span = max(lasts) - min(firsts) if firsts and lasts else math.nan
-    closed: dict[str, int] = {}
-    for r in results:
-        for what, n in r["closed"].items():
-            closed[what] = closed.get(what, 0) + n
     return {
-        "clients": connected,
-        "failures": scenarios.merge_failures(ready),
-        "rate": rate,
-        "published": count,
-        "expected": expected,
-        "received": received,
-        "gaps": sum(r["gaps"] for r in results),
-        "lost_pct": 100 * (expected - received) / expected if expected else math.nan,
-        "deliveries_per_s": received / max(span, count / rate) if not math.isnan(span) else math.nan,
-        "offered_per_s": connected * rate,
-        "closed": closed,
-        **latency_summary(latencies),
+        **scenarios.fanout_tally(ready, results, count, rate),
         "seconds": elapsed,
         "server_cpu_pct": 100 * server_cpu / elapsed,
         "loadgen_cpu_pct": 100 * client_cpu / elapsed,

@@ -167,7 +167,6 @@ def fanout(
         if n
     ]
     ready = load.prepare(jobs, CONNECT_TIMEOUT)
-    connected = sum(r["connected"] for r in ready)
     meter = Meter(server, load)
     # The hard deadline only matters if the publisher hangs; normally "published" + grace ends the wait.
     load.go({"count": count, "deadline": CONNECT_TIMEOUT + seconds + grace})
@@ -175,6 +174,24 @@ def fanout(
     load.tell({"op": "published", "grace": grace})
     results, _ = load.results(CONNECT_TIMEOUT + seconds + grace)
     usage = meter.finish()
+    tally = fanout_tally(ready, results, count, rate)
+    received = tally["received"]
+    return {
+        **tally,
+        # The server's whole process tree over the window (the baseline's includes its in-process
+        # publisher; the project's push_data is a process of its own, outside the tree).
+        "server_cpu_us_per_delivery": 1e6 * usage["server_cpu_seconds"] / received if received else math.nan,
+        **usage,
+    }
+
+
+def fanout_tally(ready: list[Result], results: list[Result], count: int, rate: float) -> Result:
+    """What the fan-out clients' ready and result reports add up to: loss, rate and latency.
+
+    Any client implementation's (``bench/client.py``, ``bench/node/fanout-client.mjs``) reports have
+    these fields.
+    """
+    connected = sum(r["connected"] for r in ready)
     latencies: array.array[float] = array.array("f")
     for r in results:
         latencies.extend(unpack(r["latencies"]))
@@ -198,12 +215,8 @@ def fanout(
         # Never more than offered: a short run's span is one publish interval shorter than its schedule.
         "deliveries_per_s": received / max(span, count / rate) if not math.isnan(span) else math.nan,
         "offered_per_s": connected * rate,
-        # The server's whole process tree over the window (the baseline's includes its in-process
-        # publisher; the project's push_data is a process of its own, outside the tree).
-        "server_cpu_us_per_delivery": 1e6 * usage["server_cpu_seconds"] / received if received else math.nan,
         "closed": dict(closed),
         **latency_summary(latencies),
-        **usage,
     }
 
 
