@@ -25,6 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from echo.access import matches_any
+from echo.api import api_error
 from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, key_topics
 from echo.broadcast import LayerNotShared, apublish
 from echo.conf import app_settings
@@ -98,7 +99,7 @@ async def _answer(
         await _check_rate(key, len(messages))
         positions = await _publish_all(messages)
     except ApiError as refused:
-        response = JsonResponse({"error": refused.code, "detail": refused.detail}, status=refused.status)
+        response = api_error(refused.status, refused.code, refused.detail)
         for name, value in refused.headers.items():
             response[name] = value
         return response
