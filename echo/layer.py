@@ -22,7 +22,10 @@ Limits, on purpose:
   is published meanwhile, and says so to its consumers (``RESYNC_EVENT``) when it is back, so that
   they catch up from history. Group membership is live (no ``group_expiry``).
 * Each channel holds at most ``capacity`` events; past that its consumer gets ``OVERFLOW_EVENT``.
-* One Redis server (no sharding).
+
+Redis may be one server, a Sentinel-watched master or a Cluster (``echo.redis_target``). Every Redis
+name of a group carries the group as a hash tag, so on a Cluster a group's channel and keys share one
+shard; there live messages use sharded pub/sub and each process subscribes on the shards it needs.
 """
 
 from __future__ import annotations
@@ -32,18 +35,18 @@ import functools
 import types
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
-from redis import asyncio as aioredis
 
 from echo.fanout import Event, FanoutStats, LocalFanout
 from echo.history import History, HistoryStore
 from echo.protocol import RESYNC_EVENT
-from echo.redis_link import RedisLink
+from echo.redis_link import RedisLink, ShardedRedisLink
+from echo.redis_target import parse_redis_url
 
 
 class LayerStats(FanoutStats):
@@ -66,15 +69,21 @@ class _LoopState:
         self.token = uuid.uuid4().hex[:16]
         self.fanout = LocalFanout(layer.stats)
         # The reader's callbacks get this state bound: no per-message lookup of the running loop's.
-        self.link = RedisLink(
-            layer.url,
+        link_class = ShardedRedisLink if layer.target.sharded else RedisLink
+        self.link = link_class(
+            layer.target,
             layer.connection_kwargs,
             functools.partial(layer._on_message, self),
-            functools.partial(layer._on_reconnected, self),
+            functools.partial(layer._on_restored, self),
             layer._on_disconnected,
         )
-        self.link.wanted.add(layer.inbox_channel(self.token))
-        self.history = HistoryStore(self.link.redis, layer.prefix, layer.history_length, layer.history_ttl)
+        self.history = HistoryStore(
+            self.link.redis,
+            layer.prefix,
+            layer.history_length,
+            layer.history_ttl,
+            "SPUBLISH" if layer.target.sharded else "PUBLISH",
+        )
 
 
 class RedisFanoutChannelLayer(BaseChannelLayer):
@@ -103,9 +112,11 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         if len(hosts) != 1 or not isinstance(hosts[0], str):
             raise ValueError("RedisFanoutChannelLayer takes exactly one Redis URL in 'hosts'")
         self.url = hosts[0]
+        self.target = parse_redis_url(self.url)  # a malformed URL fails here, at startup
         self.prefix = prefix
-        self._inbox_prefix = self.inbox_channel("")
-        self._group_prefix = self.group_channel("")
+        # What group and inbox channels start with, up to the hash tag's opening brace.
+        self._inbox_prefix = self.inbox_channel("")[:-1]
+        self._group_prefix = self.group_channel("")[:-1]
         self.connection_kwargs = {
             # Commands (PUBLISH) give up after this; subscriptions are read with their own timeout.
             "socket_timeout": socket_timeout,
@@ -126,11 +137,15 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
 
     def inbox_channel(self, token: str) -> str:
         """The Redis channel one process listens on for messages sent to its specific channels."""
-        return f"{self.prefix}:inbox:{token}"
+        return f"{self.prefix}:inbox:{{{token}}}"
 
     def group_channel(self, group: str) -> str:
-        """The Redis channel a group's messages are published on."""
-        return f"{self.prefix}:group:{group}"
+        """The Redis channel a group's messages are published on (hash-tagged: the group's shard)."""
+        return f"{self.prefix}:group:{{{group}}}"
+
+    def group_key(self, kind: str, group: str) -> str:
+        """The name of a Redis key kept for a group (presence, say), on the group's shard."""
+        return f"{self.prefix}:{kind}:{{{group}}}"
 
     # ---------------------------------------------------------------- channel layer API
 
@@ -139,7 +154,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         state = self._state()
         name = f"{prefix}{state.token}!{uuid.uuid4().hex[:12]}"
         state.fanout.add_channel(name, self.get_capacity(name))
-        await state.link.until_connected()
+        await state.link.until_subscribed(self.inbox_channel(state.token))
         return name
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
@@ -156,7 +171,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         if "!" not in channel or not token:
             raise ValueError(f"{channel!r} is not a specific channel made by new_channel()")
         payload = msgpack.packb([channel, message], use_bin_type=True)
-        await state.link.redis.publish(self.inbox_channel(token), payload)
+        await state.link.publish(self.inbox_channel(token), payload)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """Return the next event for a local channel, waiting for one.
@@ -204,7 +219,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         """Publish a message to every member of a group, in every process: serialised once."""
         self.require_valid_group_name(group)
         payload = msgpack.packb(message, use_bin_type=True)
-        await self._state().link.redis.publish(self.group_channel(group), payload)
+        await self._state().link.publish(self.group_channel(group), payload)
         self.stats.published += 1
 
     async def flush(self) -> None:
@@ -284,12 +299,19 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         """Deliver a message to this process's members of ``group`` only, without Redis."""
         self._state().fanout.deliver_to_group(group, message)
 
-    def redis(self) -> aioredis.Redis:
-        """This event loop's Redis client, for features that keep shared state next to the layer."""
+    def redis(self) -> Any:
+        """This event loop's Redis client, for features that keep shared state next to the layer.
+
+        A ``redis.asyncio.Redis``, or a ``RedisCluster`` on a Cluster: keys of one group must then be
+        named with ``group_key`` (one shard).
+        """
         return self._state().link.redis
 
     async def ping(self) -> None:
-        """Raise ``RedisError`` or ``OSError`` if Redis cannot be reached from this process now."""
+        """Raise ``RedisError`` or ``OSError`` if Redis cannot be reached from this process now.
+
+        On a Cluster, one node answering is enough: a shard in failover stops only its own groups.
+        """
         await self._state().link.redis.ping()
 
     def local_member_count(self, group: str) -> int:
@@ -326,13 +348,20 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             target, event = msgpack.unpackb(data, raw=False)
             state.fanout.deliver([target], event, behind=behind)
             return
-        group = redis_channel[len(self._group_prefix) :]
+        group = redis_channel[len(self._group_prefix) : -1]  # between the hash tag's braces
         if group in state.fanout.groups:
             state.fanout.deliver_to_group(group, msgpack.unpackb(data, raw=False), behind=behind)
 
-    def _on_reconnected(self, state: _LoopState) -> None:
-        """Called when the reader is subscribed again after an outage: what was published was missed."""
-        state.fanout.deliver(list(state.fanout.channels), {"type": RESYNC_EVENT})
+    def _on_restored(self, state: _LoopState, redis_channels: Collection[str]) -> None:
+        """Called when channels are subscribed again after an outage: what was published was missed.
+
+        Told to the members of those groups (on a Cluster, one shard's); the others lost nothing.
+        """
+        members: set[str] = set()
+        for redis_channel in redis_channels:
+            if redis_channel.startswith(self._group_prefix):
+                members.update(state.fanout.groups.get(redis_channel[len(self._group_prefix) : -1], ()))
+        state.fanout.deliver(list(members), {"type": RESYNC_EVENT})
 
     def _on_disconnected(self) -> None:
         self.stats.redis_disconnects += 1

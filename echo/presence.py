@@ -1,6 +1,6 @@
 """Presence: how many connections watch each topic, across every server process, kept in Redis.
 
-Each process keeps its own count per topic in a Redis hash (``<prefix>:presence:<topic>``, one field
+Each process keeps its own count per topic in a Redis hash (``<prefix>:presence:{<group>}``, one field
 per process) with an expiry time in the value, refreshed every ``ttl / 3`` seconds. On topics that need
 login the value also lists the process's viewers' names (at most ``MAX_PRESENCE_USERS``), and the
 totals carry their union. Totals ignore and
@@ -81,7 +81,7 @@ class Presence:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="presence")
 
     def _key(self, topic: str) -> str:
-        return f"{self.layer.prefix}:presence:{topic}"
+        return self.layer.group_key("presence", topic_group(topic))
 
     async def _run(self) -> None:
         while True:

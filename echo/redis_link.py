@@ -1,10 +1,17 @@
-"""One process's link to Redis: a pool for commands, and one pub/sub connection kept subscribed.
+"""One process's link to Redis: a client for commands, and pub/sub connections kept subscribed.
 
-The subscription connection is read by one task that reconnects forever (after 0.2 s, doubling to
+Each subscription connection is read by one task that reconnects forever (after 0.2 s, doubling to
 1 s, so that data flows again within about a second of Redis coming back), resubscribes to every
-channel wanted, and then says so (``on_reconnected``): whatever was published meanwhile was missed,
-and the layer's consumers catch up from history. Subscribing waits (briefly) for Redis to confirm,
-so that a consumer that joined a group really receives what is published next.
+channel wanted, and then says which channels it restored (``on_restored``): whatever was published
+on them meanwhile was missed, and the layer's consumers catch up from history. Subscribing waits
+(briefly) for Redis to confirm, so that a consumer that joined a group really receives what is
+published next.
+
+One server and a Sentinel-watched master (``echo.redis_target``) need one subscription connection
+(after a failover it reconnects to the master the Sentinels name). A Cluster delivers each channel
+only on the shard that owns its hash slot (sharded pub/sub), so ``ShardedRedisLink`` keeps one
+connection per shard it needs, and moves a shard's channels to whichever node owns them after a
+failover or a slot migration.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from echo.redis_target import RedisTarget
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +35,7 @@ RECONNECT_BACKOFF_FIRST = 0.2
 RECONNECT_BACKOFF_CAP = 1.0
 
 OnMessage = Callable[[str, bytes, bool], None]  # (Redis channel, payload, more messages waiting)
+OnRestored = Callable[[Collection[str]], None]  # channels subscribed again after an outage
 
 
 def redact_url(url: str) -> str:
@@ -49,26 +59,39 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-class RedisLink:
-    """The Redis connections of one event loop, and the reader of its subscriptions."""
+class Subscriber:
+    """One pub/sub connection, kept subscribed to ``wanted`` by a reader task that reconnects.
+
+    ``sharded`` uses SSUBSCRIBE (one command per channel: a Cluster refuses one that spans slots).
+    ``on_failed``, if given, is awaited after each failed attempt, before the next: a Cluster link
+    moves channels to their new owner there. ``on_moved(channel)`` is called when the server drops
+    a sharded subscription itself (its slot now lives elsewhere).
+    """
 
     def __init__(
         self,
-        url: str,
-        connection_kwargs: dict[str, Any],
+        connect: Callable[[], PubSub],
+        where: str,
         on_message: OnMessage,
-        on_reconnected: Callable[[], None],
+        on_restored: OnRestored,
         on_disconnected: Callable[[], None],
+        *,
+        sharded: bool = False,
+        on_failed: Callable[[Subscriber], Awaitable[None]] | None = None,
+        on_moved: Callable[[str], None] | None = None,
     ) -> None:
-        self.url = url
-        # A blocking pool makes a burst of publishers wait for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(url, **connection_kwargs)
-        self.redis = aioredis.Redis(connection_pool=pool)
+        self.connect = connect
+        self.where = where  # for log lines: never holds a password
         self.on_message = on_message
-        self.on_reconnected = on_reconnected
+        self.on_restored = on_restored
         self.on_disconnected = on_disconnected
+        self.sharded = sharded
+        self.on_failed = on_failed
+        self.on_moved = on_moved
         self.wanted: set[str] = set()  # Redis channels to be subscribed to
-        self._pubsub: aioredis.client.PubSub | None = None
+        self._message_type = "smessage" if sharded else "message"
+        self._confirm_type = "ssubscribe" if sharded else "subscribe"
+        self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
@@ -104,7 +127,7 @@ class RedisLink:
         if confirmed is None:
             confirmed = self._confirmations[channel] = asyncio.get_running_loop().create_future()
         try:
-            await self._pubsub.subscribe(channel)
+            await self._send_subscribe(self._pubsub, [channel])
             await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_CONFIRM_TIMEOUT)
         except (TimeoutError, RedisError, OSError) as exc:
             logger.warning("Subscription to %s not confirmed yet (%r); the reader retries", channel, exc)
@@ -121,7 +144,10 @@ class RedisLink:
         if self._pubsub is None or not self._connected.is_set():
             return
         try:
-            await self._pubsub.unsubscribe(channel)
+            if self.sharded:
+                await self._pubsub.sunsubscribe(channel)
+            else:
+                await self._pubsub.unsubscribe(channel)
         except (RedisError, OSError) as exc:
             logger.info("Unsubscribing from %s failed (%s); dropped on reconnect", channel, exc)
 
@@ -130,15 +156,22 @@ class RedisLink:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        await _close_quietly(self.redis)
+
+    async def _send_subscribe(self, pubsub: PubSub, channels: Collection[str]) -> None:
+        if not self.sharded:
+            await pubsub.subscribe(*channels)
+            return
+        for channel in channels:  # one slot per SSUBSCRIBE; replies are read by the reader
+            await pubsub.ssubscribe(channel)
 
     async def _read_forever(self) -> None:
         """Keep one subscription connection open, resubscribing after any failure, with backoff."""
         backoff = RECONNECT_BACKOFF_FIRST
-        while True:
-            pubsub = self.redis.pubsub()
+        while self.wanted:  # with none, a shard's subscriber ends; subscribing starts it again
+            pubsub = self.connect()
             try:
-                await pubsub.subscribe(*self.wanted)
+                restored = set(self.wanted)
+                await self._send_subscribe(pubsub, restored)
                 self._pubsub = pubsub
                 while True:
                     raise_if_cancelling()
@@ -148,15 +181,13 @@ class RedisLink:
                         # than writes directly, so that each consumer sends what piled up in one frame.
                         following = await pubsub.get_message(timeout=0)
                         self._handle(message, following is not None)
-                        if message["type"] == "subscribe" and not self._connected.is_set():
+                        if message["type"] == self._confirm_type and not self._connected.is_set():
                             self._connected.set()
                             backoff = RECONNECT_BACKOFF_FIRST
                             if self._failing:
                                 self._failing = False
-                                logger.warning(
-                                    "Redis at %s is back; subscriptions restored", redact_url(self.url)
-                                )
-                                self.on_reconnected()
+                                logger.warning("Redis at %s is back; subscriptions restored", self.where)
+                                self.on_restored(restored)
                         message = following
             except (RedisError, OSError) as exc:
                 if self._connected.is_set():
@@ -166,12 +197,14 @@ class RedisLink:
                 logger.warning(
                     "Redis at %s unreachable (%s); live messages are missed until it is back, "
                     "retrying in %.1f s",
-                    redact_url(self.url),
+                    self.where,
                     exc,
                     backoff,
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_CAP)
+                if self.on_failed is not None:
+                    await self.on_failed(self)
             finally:
                 self._pubsub = None
                 self._connected.clear()
@@ -180,12 +213,202 @@ class RedisLink:
     def _handle(self, message: dict[str, Any], behind: bool) -> None:
         kind = message["type"]
         name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-        if kind == "subscribe":
+        if kind == self._message_type:
+            self.on_message(name, message["data"], behind)
+        elif kind == self._confirm_type:
             confirmed = self._confirmations.pop(name, None)
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
-        elif kind == "message":
-            self.on_message(name, message["data"], behind)
+        elif kind == "sunsubscribe" and name in self.wanted and self.on_moved is not None:
+            self.on_moved(name)  # the server dropped it: the slot moved (we did not ask)
+
+
+class RedisLink:
+    """The Redis connections of one event loop (one server, or a Sentinel-watched master)."""
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        connection_kwargs: dict[str, Any],
+        on_message: OnMessage,
+        on_restored: OnRestored,
+        on_disconnected: Callable[[], None],
+    ) -> None:
+        self.target = target
+        self.redis: Any = target.async_client(**connection_kwargs)
+        self.subscriber = Subscriber(
+            self.redis.pubsub, redact_url(target.url), on_message, on_restored, on_disconnected
+        )
+
+    @property
+    def wanted(self) -> set[str]:
+        return self.subscriber.wanted
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self.redis.publish(channel, payload)
+
+    async def until_subscribed(self, channel: str) -> None:
+        """Subscribe to ``channel`` if not yet; else wait (briefly) while its connection is being made."""
+        if channel in self.subscriber.wanted:
+            await self.subscriber.until_connected()
+        else:
+            await self.subscriber.subscribe(channel)
+
+    async def subscribe(self, channel: str) -> None:
+        await self.subscriber.subscribe(channel)
+
+    async def until_confirmed(self, channel: str) -> None:
+        await self.subscriber.until_confirmed(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self.subscriber.unsubscribe(channel)
+
+    async def close(self) -> None:
+        await self.subscriber.close()
+        await _close_quietly(self.redis)
+
+
+class ShardedRedisLink:
+    """The Redis connections of one event loop on a Cluster: commands, and a subscriber per shard.
+
+    A channel is subscribed on the node that owns its hash slot (per the cluster client's slot map).
+    When a shard's connection fails, its channels are looked up again once the map is refreshed: a
+    promoted replica gets them, and they are resynced (``on_restored``) like any reconnection.
+    """
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        connection_kwargs: dict[str, Any],
+        on_message: OnMessage,
+        on_restored: OnRestored,
+        on_disconnected: Callable[[], None],
+    ) -> None:
+        self.target = target
+        self.connection_kwargs = connection_kwargs
+        self.redis: Any = target.async_client(**connection_kwargs)
+        self.on_message = on_message
+        self.on_restored = on_restored
+        self.on_disconnected = on_disconnected
+        self.subscribers: dict[str, Subscriber] = {}  # node name ("host:port") -> its subscriber
+        self._owner: dict[str, str] = {}  # channel -> node name it is subscribed on
+        self._moving: set[asyncio.Task[None]] = set()
+
+    @property
+    def wanted(self) -> set[str]:
+        return set(self._owner)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        await self.redis.spublish(channel, payload)
+
+    async def until_subscribed(self, channel: str) -> None:
+        """Subscribe to ``channel`` if not yet; else wait (briefly) while its shard's connection is made."""
+        name = self._owner.get(channel)
+        if name is None:
+            await self.subscribe(channel)
+        elif name in self.subscribers:
+            await self.subscribers[name].until_connected()
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe on the shard that owns ``channel``; returns at once if the Cluster is unreachable."""
+        try:
+            subscriber = await self._subscriber_for(channel)
+        except (RedisError, OSError) as exc:
+            logger.warning("No shard for %s yet (%s); retried when the Cluster answers", channel, exc)
+            self._park(channel)
+            return
+        await subscriber.subscribe(channel)
+
+    async def until_confirmed(self, channel: str) -> None:
+        name = self._owner.get(channel)
+        if name is not None and name in self.subscribers:
+            await self.subscribers[name].until_confirmed(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        name = self._owner.pop(channel, None)
+        subscriber = self.subscribers.get(name) if name is not None else None
+        if subscriber is not None:
+            await subscriber.unsubscribe(channel)
+
+    async def close(self) -> None:
+        for task in list(self._moving):
+            task.cancel()
+        for subscriber in list(self.subscribers.values()):
+            await subscriber.close()
+        await _close_quietly(self.redis)
+
+    async def _subscriber_for(self, channel: str) -> Subscriber:
+        """The subscriber of the node owning ``channel`` now (made on first use); records the owner."""
+        await self.redis.initialize()
+        node = self.redis.get_node_from_key(channel)
+        subscriber = self.subscribers.get(node.name)
+        if subscriber is None:
+            client = self.target.node_client(node.host, node.port, **self.connection_kwargs)
+            subscriber = self.subscribers[node.name] = Subscriber(
+                client.pubsub,
+                f"cluster node {node.name}",
+                self.on_message,
+                self.on_restored,
+                self.on_disconnected,
+                sharded=True,
+                on_failed=self._shard_failed,
+                on_moved=self._moved,
+            )
+        self._owner[channel] = node.name
+        return subscriber
+
+    async def _shard_failed(self, failed: Subscriber) -> None:
+        """After a shard's connection failed: move its channels to their owners now, if others."""
+        channels = list(failed.wanted)
+        if not channels:
+            return
+        try:
+            # A keyed command refreshes the client's slot map (after MOVED, or a node that is gone).
+            await self.redis.exists(channels[0])
+        except (RedisError, OSError) as exc:
+            logger.info("Cluster slot map not refreshed yet (%s)", exc)
+            return
+        name = self._name_of(failed)
+        moved = [channel for channel in channels if self.redis.get_node_from_key(channel).name != name]
+        for channel in moved:
+            failed.wanted.discard(channel)
+        await self._resubscribe(moved)
+
+    def _moved(self, channel: str) -> None:
+        """A node dropped our subscription to ``channel`` (its slot moved): follow it."""
+        name = self._owner.get(channel)
+        if name is not None and name in self.subscribers:
+            self.subscribers[name].wanted.discard(channel)
+        self._park(channel)
+
+    def _park(self, channel: str) -> None:
+        """Subscribe ``channel`` again in the background, until its owner can be reached."""
+        self._owner[channel] = ""
+        task = asyncio.get_running_loop().create_task(self._resubscribe([channel]))
+        self._moving.add(task)
+        task.add_done_callback(self._moving.discard)
+
+    async def _resubscribe(self, channels: list[str]) -> None:
+        backoff = RECONNECT_BACKOFF_FIRST
+        pending = list(channels)
+        while pending:
+            try:
+                for channel in list(pending):
+                    if channel not in self._owner:
+                        pending.remove(channel)  # unsubscribed meanwhile
+                        continue
+                    subscriber = await self._subscriber_for(channel)
+                    await subscriber.subscribe(channel)
+                    pending.remove(channel)
+            except (RedisError, OSError) as exc:
+                logger.info("Moving subscriptions to their new shard failed (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_BACKOFF_CAP)
+        if channels:
+            self.on_restored(channels)
+
+    def _name_of(self, subscriber: Subscriber) -> str:
+        return next((name for name, known in self.subscribers.items() if known is subscriber), "")
 
 
 async def _close_quietly(closable: Any) -> None:

@@ -48,8 +48,7 @@ async def epoch_of(topic: str) -> str:
 async def lose_stream(layer, topic: str) -> None:
     """Delete the topic's counter and history from Redis, as a Redis restarted empty would have."""
     group = topic_group(topic)
-    prefix = f"{layer.prefix}:"
-    await layer.redis().delete(f"{prefix}stream:{group}", f"{prefix}history:{group}")
+    await layer.redis().delete(layer.group_key("stream", group), layer.group_key("history", group))
 
 
 async def test_history_is_replayed_on_connect_in_order_then_live(topic) -> None:
