@@ -151,15 +151,14 @@ def redis_url_to_check() -> str | None:
 
 
 def redis_problem(url: str, seconds: float = 1.0) -> str | None:
-    """None if a Redis answers PING at ``url`` within ``seconds``, else what went wrong."""
+    """None if Redis (one server, the Sentinels' master, or a Cluster) answers PING at ``url`` within
+    ``seconds``, else what went wrong."""
     import redis
 
+    from echo.redis_target import parse_redis_url
+
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=seconds, socket_timeout=seconds)
-        try:
-            client.ping()
-        finally:
-            client.close()
+        parse_redis_url(url).sync_ping(seconds)
     except (redis.RedisError, OSError, ValueError) as error:
         return str(error) or type(error).__name__
     return None

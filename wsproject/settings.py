@@ -14,6 +14,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from echo.redis_target import parse_redis_url
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -140,11 +142,32 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Why this layer, and why these numbers: README, "The channel layer". CHANNEL_LAYER_BACKEND picks another
 # Channels layer (a dotted path): channels-redis' layers carry echo and live data, without history.
 CHANNEL_LAYER_BACKEND = os.environ.get("CHANNEL_LAYER_BACKEND", "echo.layer.RedisFanoutChannelLayer")
+try:
+    REDIS_TARGET = parse_redis_url(REDIS_URL)  # one server, a Sentinel service or a Cluster
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_URL: {exc}") from None
 CHANNEL_LAYER_CONFIG: dict[str, object] = {
     "hosts": [REDIS_URL],
     # Keeps this project's Redis channels apart from other apps on the same Redis.
     "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "wsdemo"),
 }
+if CHANNEL_LAYER_BACKEND.startswith("channels_redis.") and REDIS_TARGET.kind != "server":
+    if REDIS_TARGET.kind == "cluster":
+        raise ImproperlyConfigured(
+            "REDIS_URL: channels-redis cannot use a Redis Cluster (multi-key scripts, unsharded pub/sub); "
+            "use this project's layer (unset CHANNEL_LAYER_BACKEND)"
+        )
+    # channels-redis takes a Sentinel service as a host dict (its own format).
+    CHANNEL_LAYER_CONFIG["hosts"] = [
+        {
+            "sentinels": list(REDIS_TARGET.nodes),
+            "master_name": REDIS_TARGET.service,
+            "sentinel_kwargs": REDIS_TARGET.sentinel_auth or None,
+            "db": REDIS_TARGET.db,
+            "username": REDIS_TARGET.username,
+            "password": REDIS_TARGET.password,
+        }
+    ]
 if CHANNEL_LAYER_BACKEND in ("echo.layer.RedisFanoutChannelLayer", "channels_redis.core.RedisChannelLayer"):
     # Events a consumer may fall behind before it is told it lost data and is closed.
     CHANNEL_LAYER_CONFIG["capacity"] = env_int("CHANNEL_LAYER_CAPACITY", 1000)
