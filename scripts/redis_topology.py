@@ -382,7 +382,9 @@ class RedisCluster:
     accepts writes), the rest takes a fraction of a second.
 
     Replicas fail over whatever their data's age (``cluster-replica-validity-factor 0``), so a kill in
-    a test always ends in a promotion, however long the machine stalled.
+    a test always ends in a promotion, however long the machine stalled. The other shards go on
+    serving while one has no master (``cluster-require-full-coverage no``, as the README recommends
+    for live data: by default a Cluster refuses every write until the failover is done).
     """
 
     def __init__(
@@ -439,7 +441,7 @@ class RedisCluster:
         arguments = [
             *COMMON_ARGUMENTS, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-replica-validity-factor", "0",
-            "--cluster-announce-ip", HOST,
+            "--cluster-require-full-coverage", "no", "--cluster-announce-ip", HOST,
         ]  # fmt: skip
         return RedisNode(
             self.binary, f"cluster-node-{index}", arguments, "Ready to accept connections", cluster_bus=True

@@ -54,6 +54,7 @@ from django.core.management import call_command  # noqa: E402
 call_command("migrate", verbosity=0)
 
 from tests.redis_process import RedisProcess  # noqa: E402
+from tests.redis_topology_fixtures import redis_cluster_fixture, redis_sentinel_fixture  # noqa: E402, F401 - fixtures
 from tests.support import Server, start_server  # noqa: E402
 
 

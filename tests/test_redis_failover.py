@@ -1,0 +1,218 @@
+"""Beyond one Redis: fan-out through a Sentinel-watched master and a Redis Cluster, and a master
+killed mid-stream, on real servers started here (``scripts/redis_topology.py``).
+
+Two production server processes, one ``push_data`` per topic, clients recording every frame (the
+chaos run's clients) and the chaos run's checker over what they received: after the failover live
+data must flow again within ``RECOVERY_SECONDS`` of the promotion, what the promoted replica had not
+received must be announced (a ``reset`` to a new epoch, never a renumbered stream), and on a Cluster
+the topics of the other shards must not stop at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+
+import devenv
+import pytest
+
+from echo.protocol import topic_group
+from tests import chaos
+from tests.chaos_check import ClientLog, Data, Reset, check, final_positions
+from tests.support import SEED, Server, start_server, timeout
+
+RECOVERY_SECONDS = 10.0  # live data again after a promotion (the issue's bound)
+UNSHARDED_STALL_SECONDS = 1.0  # the longest a topic of another shard may go without a frame (20/s)
+RATE = 20.0  # messages/s per topic
+PREFIX = f"failover-{SEED}"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def group_channel(topic: str) -> str:
+    """The Redis channel of a topic, as the layer names it (the hash tag decides its shard)."""
+    return f"{PREFIX}:group:{{{topic_group(topic)}}}"
+
+
+class Run:
+    """Servers, publishers and recording clients on one Redis deployment."""
+
+    def __init__(self, redis_url: str, topics: list[str]) -> None:
+        self.config = chaos.ChaosConfig(seed=SEED, history_length=100_000, capacity=1000)
+        self.env = {**chaos.child_env(self.config, redis_url), "CHANNEL_LAYER_PREFIX": PREFIX}
+        self.topics = topics
+        self.clock = chaos.Clock()
+        self.progress = asyncio.Event()
+        self.servers: list[Server] = []
+        self.publishers = [chaos.Publisher(f"push-{t}", t, RATE, self.env, self.clock) for t in topics]
+        self.clients: list[chaos.ChaosClient] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def logs(self) -> list[ClientLog]:
+        return [client.log() for client in self.clients]
+
+    def data(self, client: chaos.ChaosClient, topic: str, after: float = 0.0) -> list[Data]:
+        return [r for r in client.records if isinstance(r, Data) and r.topic == topic and r.t >= after]
+
+    async def until(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        """Wait for ``condition`` (checked whenever a client received something)."""
+        deadline = self.clock() + timeout(seconds)
+        while not condition():
+            if self.clock() > deadline:
+                raise AssertionError(f"not within {seconds:g} s: {what}\n{self.describe()}")
+            self.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), 0.5)
+
+    def describe(self) -> str:
+        lines = []
+        for client in self.clients:
+            for topic in self.topics:
+                frames = self.data(client, topic)
+                last = f"{frames[-1].epoch}/{frames[-1].seq} at t={frames[-1].t:.2f}" if frames else "none"
+                lines.append(f"{client.spec.name} {topic}: {len(frames)} frames, last {last}")
+        for server in self.servers:
+            lines.append("server: " + " | ".join(server.output.lines[-5:]))
+        for publisher in self.publishers:
+            lines.append(f"{publisher.name}: " + " | ".join(publisher.text[-3:]))
+        return "\n".join(lines)
+
+
+@contextlib.asynccontextmanager
+async def running(redis_url: str, topics: list[str]) -> AsyncIterator[Run]:
+    """Two production servers, a publisher per topic, two clients per server following every topic."""
+    run = Run(redis_url, topics)
+    with contextlib.ExitStack() as stack:
+        for _ in range(2):
+            server = stack.enter_context(start_server(devenv.production_command("127.0.0.1", "0"), run.env))
+            run.servers.append(server)
+        for index in range(4):
+            spec = chaos.ClientSpec(f"client-{index}", "steady", tuple(topics), "127.0.0.1")
+            client = chaos.ChaosClient(spec, run.servers[index % 2], run.config, run.clock, run.progress)  # type: ignore[arg-type]
+            run.clients.append(client)
+            run.tasks.append(asyncio.ensure_future(client.run()))
+        try:
+            await run.until(lambda: all(c.connected.is_set() for c in run.clients), 20, "clients connected")
+            for publisher in run.publishers:
+                publisher.start()
+            await run.until(
+                lambda: all(run.data(c, t) for c in run.clients for t in topics), 30, "every topic flowing"
+            )
+            yield run
+        finally:
+            for publisher in run.publishers:
+                await asyncio.to_thread(publisher.stop)
+            for task in run.tasks:
+                task.cancel()
+            await asyncio.gather(*run.tasks, return_exceptions=True)
+
+
+async def stop_and_check(run: Run) -> None:
+    """Stop publishing, let every client converge, and hold what they received against the contract."""
+    for publisher in run.publishers:
+        await asyncio.to_thread(publisher.stop)
+    published = [line for publisher in run.publishers for line in publisher.lines]
+    finals = final_positions(published)
+
+    def converged() -> bool:
+        for client in run.clients:
+            for topic, final in finals.items():
+                frames = run.data(client, topic)
+                if not frames or (frames[-1].epoch, frames[-1].seq) != final:
+                    return False
+        return True
+
+    await run.until(converged, 30, f"clients at the last published positions {finals}")
+    result = check(run.logs(), published)
+    assert not result.violations, "\n".join(str(v) for v in result.violations[:20]) + "\n" + run.describe()
+
+
+def first_of_new_epoch(run: Run, client: chaos.ChaosClient, topic: str, killed_at: float) -> Data | None:
+    """The first frame of ``topic`` a client received of an epoch it had not seen before the kill."""
+    seen = {frame.epoch for frame in run.data(client, topic) if frame.t < killed_at}
+    return next((f for f in run.data(client, topic, after=killed_at) if f.epoch not in seen), None)
+
+
+async def recovery(run: Run, topics: list[str], killed_at: float, promoted_at: float) -> dict[str, float]:
+    """Per topic, seconds from the promotion until the last client had live data of the new epoch."""
+
+    def recovered() -> bool:
+        return all(first_of_new_epoch(run, c, t, killed_at) for c in run.clients for t in topics)
+
+    await run.until(recovered, RECOVERY_SECONDS * 3, f"frames of a new epoch of {topics} after the failover")
+    return {
+        topic: max(first_of_new_epoch(run, c, topic, killed_at).t - promoted_at for c in run.clients)  # type: ignore[union-attr]
+        for topic in topics
+    }
+
+
+def longest_silence(run: Run, topic: str, start: float, end: float) -> float:
+    """The longest time any client went without a frame of ``topic`` between ``start`` and ``end``."""
+    longest = 0.0
+    for client in run.clients:
+        frames = [frame.t for frame in run.data(client, topic, after=start) if frame.t <= end]
+        longest = max(longest, *(b - a for a, b in itertools.pairwise([start, *frames, end])))
+    return longest
+
+
+def resets(run: Run, topic: str, after: float) -> int:
+    return sum(
+        1
+        for client in run.clients
+        for r in client.records
+        if isinstance(r, Reset) and r.topic == topic and r.t >= after
+    )
+
+
+async def test_sentinel_failover_mid_stream_is_followed_and_announced(redis_sentinel) -> None:
+    topics = ["sentinel-a", "sentinel-b"]
+    async with running(redis_sentinel.url, topics) as run:
+        killed_at = run.clock()
+        await asyncio.to_thread(redis_sentinel.kill_master)
+        await asyncio.to_thread(redis_sentinel.wait_for_promotion, timeout(30))
+        promoted_at = run.clock()
+        recovered = await recovery(run, topics, killed_at, promoted_at)
+        print(
+            f"Sentinel: promoted {promoted_at - killed_at:.1f} s after the kill; data again after {recovered}"
+        )
+        assert max(recovered.values()) <= RECOVERY_SECONDS, (recovered, run.describe())
+        # The promoted replica started a new epoch for each stream: every client was told.
+        for topic in topics:
+            assert resets(run, topic, killed_at) >= len(run.clients), run.describe()
+        await stop_and_check(run)
+
+
+async def test_cluster_shard_failover_stops_only_its_own_topics(redis_cluster) -> None:
+    victim = redis_cluster.master_for_key(group_channel("cluster-0"))
+    own, others = [], []
+    for index in range(200):
+        topic = f"cluster-{index}"
+        owner = redis_cluster.master_for_key(group_channel(topic))
+        (own if owner == victim else others).append(topic)
+        if len(own) >= 2 and len({str(redis_cluster.master_for_key(group_channel(t))) for t in others}) >= 2:
+            break
+    others = [t for t in others if t not in own]
+    spread = {}
+    for topic in others:
+        spread.setdefault(str(redis_cluster.master_for_key(group_channel(topic))), topic)
+    topics = own[:2] + list(spread.values())[:2]
+    async with running(redis_cluster.url, topics) as run:
+        killed_at = run.clock()
+        killed = await asyncio.to_thread(redis_cluster.kill_master_for_key, group_channel(own[0]))
+        await asyncio.to_thread(redis_cluster.wait_for_promotion, killed, timeout(30))
+        promoted_at = run.clock()
+        recovered = await recovery(run, own[:2], killed_at, promoted_at)
+        unaffected = {topic: longest_silence(run, topic, killed_at, run.clock()) for topic in topics[2:]}
+        print(
+            f"Cluster: promoted {promoted_at - killed_at:.1f} s after the kill; the shard's topics again "
+            f"after {recovered}; longest silence of the other shards' topics {unaffected}"
+        )
+        assert max(recovered.values()) <= RECOVERY_SECONDS, (recovered, run.describe())
+        assert max(unaffected.values()) <= UNSHARDED_STALL_SECONDS, (unaffected, run.describe())
+        for topic in own[:2]:
+            assert resets(run, topic, killed_at) >= len(run.clients), run.describe()
+        for topic in topics[2:]:
+            assert resets(run, topic, killed_at) == 0, run.describe()
+        await stop_and_check(run)
