@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import delivery_options, peers, publish, scale
+from bench import delivery_options, peers, publish, scale, shards
 from bench.targets import SCALE_P99_MS, Verdict, verdicts
 
 GOAL = (
@@ -219,6 +219,10 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
         method = delivery_options.METHOD.format(**{k: conflation[k] for k in ("clients", "rate", "max_rate")})
         lines += ["## Delivery options: conflation and compression", "", method, ""]
         lines += [*delivery_options.table(scenarios["options"]), ""]
+    if scenarios.get("shards"):
+        found = scenarios["shards"]
+        method = shards.METHOD.format(**found["sizes"], redis=found["redis"]) if "sizes" in found else ""
+        lines += ["## Redis Cluster against one Redis server", "", method, "", *shards.table(found), ""]
     if scenarios.get("peers"):
         lines += ["## Peers: two client implementations, and Socket.IO", "", peers.method(), ""]
         lines += [*peers.table(scenarios["peers"]), ""]

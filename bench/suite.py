@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import delivery_options, peers, publish, scale, scenarios
+from bench import delivery_options, peers, publish, scale, scenarios, shards
 from bench.environment import describe
 from bench.limits import connections_per_process
 from bench.loadgen import LoadGenerator
 from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
 
-SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "scale", "peers", "options")
+SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "scale", "peers", "options", "shards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +181,9 @@ def run(
                     grace=profile.grace,
                 )
                 progress("compression: " + delivery_options.summary_compression(options["compression"]))
+            if "shards" in only and not spec.is_baseline:
+                results["shards"] = shards.measure(project, spec, profile_name, progress)
+                progress("shards (cluster / single): " + shards.summary(results["shards"]))
             if "peers" in only:
                 results["peers"] = peers.measure(
                     project, spec, load, profile.peers, profile.fan_secs, profile.grace
