@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator, Callable
 
 import devenv
@@ -20,8 +21,9 @@ import pytest
 
 from echo.protocol import topic_group
 from tests import chaos
-from tests.chaos_check import ClientLog, Data, Reset, check, final_positions
-from tests.support import SEED, Server, start_server, timeout
+from tests.chaos_check import ClientLog, Data, Published, Reset, check, final_positions
+from tests.publishing import create_key, publish
+from tests.support import SEED, Server, http_get, start_server, timeout
 
 RECOVERY_SECONDS = 10.0  # live data again after a promotion (the issue's bound)
 UNSHARDED_STALL_SECONDS = 1.0  # the longest a topic of another shard may go without a frame (20/s)
@@ -49,6 +51,7 @@ class Run:
         self.publishers = [chaos.Publisher(f"push-{t}", t, RATE, self.env, self.clock) for t in topics]
         self.clients: list[chaos.ChaosClient] = []
         self.tasks: list[asyncio.Task[None]] = []
+        self.api_published: list[Published] = []  # what the test published through the HTTP API
 
     def logs(self) -> list[ClientLog]:
         return [client.log() for client in self.clients]
@@ -113,7 +116,7 @@ async def stop_and_check(run: Run) -> None:
     """Stop publishing, let every client converge, and hold what they received against the contract."""
     for publisher in run.publishers:
         await asyncio.to_thread(publisher.stop)
-    published = [line for publisher in run.publishers for line in publisher.lines]
+    published = [line for publisher in run.publishers for line in publisher.lines] + run.api_published
     finals = final_positions(published)
 
     def converged() -> bool:
@@ -157,6 +160,21 @@ def longest_silence(run: Run, topic: str, start: float, end: float) -> float:
     return longest
 
 
+async def the_rest_works_through(run: Run, topic: str) -> None:
+    """After the failover: the publish API publishes into the new epoch, /healthz says ok, and every
+    client was told who watches (presence counts, kept in the same Redis)."""
+    key = await asyncio.to_thread(create_key)
+    answer = await asyncio.to_thread(publish, run.servers[0], topic, {"api": 1.0}, key)
+    assert answer.status == 200, answer.raw
+    position = answer.json
+    assert position["epoch"] == run.data(run.clients[0], topic)[-1].epoch, (position, run.describe())
+    run.api_published.append(Published(run.clock(), "api", topic, position["epoch"], position["seq"]))
+    for server in run.servers:
+        status, body = await asyncio.to_thread(http_get, server.http_url("/healthz"))
+        assert (status, json.loads(body)["status"]) == (200, "ok"), body
+    assert all(client.presence > 0 for client in run.clients)
+
+
 def resets(run: Run, topic: str, after: float) -> int:
     return sum(
         1
@@ -181,6 +199,7 @@ async def test_sentinel_failover_mid_stream_is_followed_and_announced(redis_sent
         # The promoted replica started a new epoch for each stream: every client was told.
         for topic in topics:
             assert resets(run, topic, killed_at) >= len(run.clients), run.describe()
+        await the_rest_works_through(run, topics[0])
         await stop_and_check(run)
 
 
@@ -215,4 +234,5 @@ async def test_cluster_shard_failover_stops_only_its_own_topics(redis_cluster) -
             assert resets(run, topic, killed_at) >= len(run.clients), run.describe()
         for topic in topics[2:]:
             assert resets(run, topic, killed_at) == 0, run.describe()
+        await the_rest_works_through(run, own[0])
         await stop_and_check(run)
