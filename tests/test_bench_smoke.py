@@ -11,10 +11,13 @@ whole file near 35 s.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
-from bench import report, suite
+import pytest
+
+from bench import report, shards, suite
 from bench.servers import ServerSpec
 from bench.targets import verdicts
 
@@ -78,8 +81,9 @@ def check_scale(result: dict[str, Any]) -> None:
 
 
 def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
-    # peers needs Node.js and the bench's npm packages: tests/test_bench_peers.py covers it.
-    run = run_smoke("default", tuple(name for name in suite.SCENARIOS if name != "peers"))
+    # peers needs Node.js and the bench's npm packages: tests/test_bench_peers.py covers it; shards
+    # needs a redis-server 7: test_shards_compares_cluster_and_single below.
+    run = run_smoke("default", tuple(name for name in suite.SCENARIOS if name not in ("peers", "shards")))
     check_echo_and_fanout(run)
     scenarios = run["scenarios"]
     check_pair(scenarios["idle"], {"clients", "connected", "still_open", "failures", "kb_per_connection"})
@@ -100,3 +104,34 @@ def test_uvicorn_can_be_measured() -> None:
     run = run_smoke("uvicorn", ("echo", "fanout"))
     assert run["servers"]["project"] == "uvicorn"
     check_echo_and_fanout(run)
+
+
+def require_redis_7() -> None:
+    """Skip without a redis-server 7 (sharded pub/sub); fail instead under CI=true (as tests/postgres.py)."""
+    if reason := shards.redis_topology.missing_redis_server():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
+        pytest.skip(reason)
+
+
+def test_shards_compares_cluster_and_single(tmp_path: Path) -> None:
+    require_redis_7()
+    run = run_smoke("default", ("shards",))
+    result = run["scenarios"]["shards"]
+    assert "skipped" not in result, result
+    for name in shards.DEPLOYMENTS:
+        side = result[name]
+        for measurement in ("flood", "flood_subscribed"):
+            r = side[measurement]
+            assert r["messages"] > 0 and r["msgs_per_s"] > 0, (name, measurement, r)
+            # Every numbered message ran its script on exactly one node.
+            assert sum(s["scripts"] for s in r["shards"]) == r["messages"], (name, measurement, r)
+        assert len(side["flood"]["shards"]) == (3 if name == "cluster" else 1)
+        drained = side["flood_subscribed"]
+        assert 0 < drained["drained"] <= drained["drained_expected"], (name, drained)
+        fanout = side["fanout"]
+        assert 0 < fanout["received"] <= fanout["expected"], (name, fanout)
+        assert math.isfinite(fanout["p99_ms"])
+    assert set(result["ratios"]) == {f"{m}.{k}" for m, k, _, _ in shards.COMPARED}
+    text = report.write(run, tmp_path).read_text()
+    assert "## Redis Cluster against one Redis server" in text and "cluster / single" in text
