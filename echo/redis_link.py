@@ -236,8 +236,9 @@ class RedisLink:
     ) -> None:
         self.target = target
         self.redis: Any = target.async_client(**connection_kwargs)
+        self._subscription_client = target.subscription_client(**connection_kwargs)
         self.subscriber = Subscriber(
-            self.redis.pubsub, redact_url(target.url), on_message, on_restored, on_disconnected
+            self._subscription_client.pubsub, redact_url(target.url), on_message, on_restored, on_disconnected
         )
 
     @property
@@ -265,6 +266,7 @@ class RedisLink:
 
     async def close(self) -> None:
         await self.subscriber.close()
+        await _close_quietly(self._subscription_client)
         await _close_quietly(self.redis)
 
 

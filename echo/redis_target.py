@@ -25,7 +25,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
 
 Kind = Literal["server", "sentinel", "cluster"]
@@ -92,10 +92,29 @@ class RedisTarget:
         socket_options = {k: v for k, v in connection_kwargs.items() if k.startswith("socket_")}
         return Sentinel(list(self.nodes), sentinel_kwargs={**socket_options, **self.sentinel_auth})
 
+    def subscription_client(self, **connection_kwargs: Any) -> aioredis.Redis:
+        """A client for one server's (or the Sentinels' master's) pub/sub connection.
+
+        It retries nothing itself: redis-py would try a dead server again for seconds, while the
+        reader's own loop reconnects with its backoff, and resyncs what was missed meanwhile.
+        """
+        kwargs = _without_pool_options(connection_kwargs)
+        if self.kind == "sentinel":
+            return self.sentinel(**connection_kwargs).master_for(
+                self.service,
+                redis_class=aioredis.Redis,
+                db=self.db,
+                retry=_no_retry(),
+                **self._auth(),
+                **kwargs,
+            )
+        return aioredis.Redis.from_url(self.url, retry=_no_retry(), **kwargs)
+
     def node_client(self, host: str, port: int, **connection_kwargs: Any) -> aioredis.Redis:
-        """A client of one Cluster node (for that node's sharded subscriptions)."""
-        kwargs = {k: v for k, v in connection_kwargs.items() if k != "timeout"}
-        return aioredis.Redis(host=host, port=port, **self._auth(), **kwargs)
+        """A client of one Cluster node, for its sharded subscriptions (no retries, as above: the
+        reader moves them to another node when this one is gone)."""
+        kwargs = _without_pool_options(connection_kwargs)
+        return aioredis.Redis(host=host, port=port, retry=_no_retry(), **self._auth(), **kwargs)
 
     def sync_ping(self, seconds: float) -> None:
         """PING the deployment synchronously (startup checks); raises redis-py's error if it cannot."""
@@ -115,6 +134,14 @@ class RedisTarget:
             client.ping()
         finally:
             client.close()
+
+
+def _no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def _without_pool_options(connection_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in connection_kwargs.items() if k not in ("timeout", "max_connections")}
 
 
 def parse_redis_url(url: str) -> RedisTarget:
