@@ -37,7 +37,7 @@ def redis_version(url: str) -> str:
             return str(client.info("server")["redis_version"])
         finally:
             client.close()
-    except redis.RedisError as exc:
+    except (redis.RedisError, ValueError) as exc:  # ValueError: a Sentinel or Cluster URL
         return f"unknown ({type(exc).__name__})"
 
 
