@@ -77,7 +77,7 @@ SIZES = {
         clients=500, fan_topics=20, rate=500, fan_seconds=5, grace=5, idle_seconds=1,
     ),
     "full": Sizes(
-        masters=3, topics=64, publishers=2, tasks=8, seconds=10, subscribers=4,
+        masters=3, topics=64, publishers=2, tasks=8, seconds=10, subscribers=8,
         clients=1000, fan_topics=20, rate=1000, fan_seconds=10, grace=5, idle_seconds=2,
     ),
     "smoke": Sizes(
@@ -339,7 +339,7 @@ def measure(
     if binary is None:
         return {"skipped": redis_topology.missing_redis_server() or "no redis-server 7"}
     version = ".".join(map(str, redis_topology.redis_server_version(binary) or ()))
-    result: Result = {"sizes": dataclasses.asdict(sizes), "redis": f"redis-server {version} ({binary})"}
+    result: Result = {"sizes": dataclasses.asdict(sizes), "redis": f"{version}, {binary}"}
     with deployments(binary, sizes.masters) as found, LoadGenerator(sizes.fan_topics) as load:
         for name in DEPLOYMENTS:
             deployment = found[name]
