@@ -87,6 +87,20 @@ class RedisTarget:
             **kwargs,
         )
 
+    def channels_redis_hosts(self) -> list[Any]:
+        """The ``hosts`` of a channels-redis layer for this target: the URL, or for a Sentinel service
+        channels-redis' own host dict. ``ValueError`` for a Cluster, which channels-redis cannot use
+        (its multi-key scripts and unsharded pub/sub: channels_redis #420)."""
+        if self.kind == "cluster":
+            raise ValueError(
+                "channels-redis cannot use a Redis Cluster (multi-key scripts, unsharded pub/sub); "
+                "use this project's layer (unset CHANNEL_LAYER_BACKEND)"
+            )
+        if self.kind == "server":
+            return [self.url]
+        host = {"sentinels": list(self.nodes), "master_name": self.service, "db": self.db, **self._auth()}
+        return [{**host, "sentinel_kwargs": self.sentinel_auth or None}]
+
     def sentinel(self, **connection_kwargs: Any) -> Sentinel:
         """The Sentinel manager (asyncio) for this target's Sentinels."""
         socket_options = {k: v for k, v in connection_kwargs.items() if k.startswith("socket_")}

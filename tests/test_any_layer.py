@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import uuid
 
@@ -15,7 +16,8 @@ from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
 from echo.broadcast import Publisher
-from tests.support import data_frames, http_get, spawn, start_server, stop, timeout
+from echo.redis_target import parse_redis_url
+from tests.support import ROOT, data_frames, http_get, spawn, start_server, stop, timeout
 from wsproject.asgi import application
 
 ORIGIN = [(b"origin", b"http://localhost:8000")]
@@ -25,11 +27,12 @@ CHANNELS_REDIS_LAYERS = [
 ]
 
 
-def layers_setting(backend: str) -> dict:
+def layers_setting(backend: str, redis_url: str | None = None) -> dict:
+    hosts = parse_redis_url(redis_url or os.environ["REDIS_URL"]).channels_redis_hosts()
     return {
         "default": {
             "BACKEND": backend,
-            "CONFIG": {"hosts": [os.environ["REDIS_URL"]], "prefix": "wsdemo-any-" + uuid.uuid4().hex[:8]},
+            "CONFIG": {"hosts": hosts, "prefix": "wsdemo-any-" + uuid.uuid4().hex[:8]},
         }
     }
 
@@ -43,7 +46,37 @@ async def texts(communicator: WebsocketCommunicator, count: int) -> list[str]:
 
 @pytest.mark.parametrize("backend", CHANNELS_REDIS_LAYERS)
 async def test_echo_and_live_data_work_on_channels_redis(backend: str, topic: str) -> None:
-    with override_settings(CHANNEL_LAYERS=layers_setting(backend)):
+    await echo_and_live_data(layers_setting(backend), topic)
+
+
+@pytest.mark.parametrize("backend", CHANNELS_REDIS_LAYERS)
+async def test_channels_redis_follows_a_sentinel_service_named_in_redis_url(
+    backend: str, topic: str, redis_sentinel
+) -> None:
+    """``redis+sentinel://`` is handed to channels-redis in its own host format, and it works."""
+    await echo_and_live_data(layers_setting(backend, redis_sentinel.url), topic)
+
+
+def test_channels_redis_with_a_cluster_url_is_refused_in_one_line() -> None:
+    env = {**os.environ, "REDIS_URL": "redis+cluster://127.0.0.1:7000"}
+    env["CHANNEL_LAYER_BACKEND"] = "channels_redis.core.RedisChannelLayer"
+    result = subprocess.run(  # noqa: PLW1510 - the exit code is asserted
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout(30),
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "manage.py: REDIS_URL: channels-redis cannot use a Redis Cluster (multi-key scripts, unsharded "
+        "pub/sub); use this project's layer (unset CHANNEL_LAYER_BACKEND)"
+    ]
+
+
+async def echo_and_live_data(layers: dict, topic: str) -> None:
+    with override_settings(CHANNEL_LAYERS=layers):
         client = WebsocketCommunicator(application, f"/ws/echo/?topics={topic}&history=0", headers=ORIGIN)
         connected, _ = await client.connect()
         assert connected

@@ -151,23 +151,12 @@ CHANNEL_LAYER_CONFIG: dict[str, object] = {
     # Keeps this project's Redis channels apart from other apps on the same Redis.
     "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "wsdemo"),
 }
-if CHANNEL_LAYER_BACKEND.startswith("channels_redis.") and REDIS_TARGET.kind != "server":
-    if REDIS_TARGET.kind == "cluster":
-        raise ImproperlyConfigured(
-            "REDIS_URL: channels-redis cannot use a Redis Cluster (multi-key scripts, unsharded pub/sub); "
-            "use this project's layer (unset CHANNEL_LAYER_BACKEND)"
-        )
-    # channels-redis takes a Sentinel service as a host dict (its own format).
-    CHANNEL_LAYER_CONFIG["hosts"] = [
-        {
-            "sentinels": list(REDIS_TARGET.nodes),
-            "master_name": REDIS_TARGET.service,
-            "sentinel_kwargs": REDIS_TARGET.sentinel_auth or None,
-            "db": REDIS_TARGET.db,
-            "username": REDIS_TARGET.username,
-            "password": REDIS_TARGET.password,
-        }
-    ]
+if CHANNEL_LAYER_BACKEND.startswith("channels_redis."):
+    # channels-redis takes a Sentinel service in its own host format, and no Cluster.
+    try:
+        CHANNEL_LAYER_CONFIG["hosts"] = REDIS_TARGET.channels_redis_hosts()
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL: {exc}") from None
 if CHANNEL_LAYER_BACKEND in ("echo.layer.RedisFanoutChannelLayer", "channels_redis.core.RedisChannelLayer"):
     # Events a consumer may fall behind before it is told it lost data and is closed.
     CHANNEL_LAYER_CONFIG["capacity"] = env_int("CHANNEL_LAYER_CAPACITY", 1000)
