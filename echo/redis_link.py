@@ -362,11 +362,8 @@ class ShardedRedisLink:
     async def _shard_failed(self, failed: Subscriber) -> None:
         """After a shard's connection failed: move its channels to their owners now, if others."""
         channels = list(failed.wanted)
-        if not channels:
-            return
         try:
-            # A keyed command refreshes the client's slot map (after MOVED, or a node that is gone).
-            await self.redis.exists(channels[0])
+            await self._refresh_slots(channels)
         except (RedisError, OSError) as exc:
             logger.info("Cluster slot map not refreshed yet (%s)", exc)
             return
@@ -375,6 +372,15 @@ class ShardedRedisLink:
         for channel in moved:
             failed.wanted.discard(channel)
         await self._resubscribe(moved)
+
+    async def _refresh_slots(self, channels: Collection[str]) -> None:
+        """Have the cluster client learn who owns each of these channels' slots now.
+
+        A keyed command per slot: redis-py follows a MOVED reply (a slot migrated) and reloads the
+        whole slot map after a node stopped answering (a failover), so ``get_node_from_key`` is current.
+        """
+        for channel in {self.redis.keyslot(channel): channel for channel in channels}.values():
+            await self.redis.exists(channel)
 
     def _moved(self, channel: str) -> None:
         """A node dropped our subscription to ``channel`` (its slot moved): follow it."""
@@ -399,6 +405,7 @@ class ShardedRedisLink:
                     if channel not in self._owner:
                         pending.remove(channel)  # unsubscribed meanwhile
                         continue
+                    await self._refresh_slots([channel])
                     subscriber = await self._subscriber_for(channel)
                     await subscriber.subscribe(channel)
                     pending.remove(channel)

@@ -18,7 +18,10 @@ from collections.abc import AsyncIterator, Callable
 
 import devenv
 import pytest
+from redis.crc import key_slot
+from redis_topology import RedisNode
 
+from echo.layer import RedisFanoutChannelLayer
 from echo.protocol import topic_group
 from tests import chaos
 from tests.chaos_check import ClientLog, Data, Published, Reset, check, final_positions
@@ -29,6 +32,7 @@ RECOVERY_SECONDS = 10.0  # live data again after a promotion (the issue's bound)
 UNSHARDED_STALL_SECONDS = 1.0  # the longest a topic of another shard may go without a frame (20/s)
 RATE = 20.0  # messages/s per topic
 PREFIX = f"failover-{SEED}"
+TEXT = ('{"type":"data","epoch":"', '","seq":', "}")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -236,3 +240,42 @@ async def test_cluster_shard_failover_stops_only_its_own_topics(redis_cluster) -
             assert resets(run, topic, killed_at) == 0, run.describe()
         await the_rest_works_through(run, own[0])
         await stop_and_check(run)
+
+
+async def test_a_topic_whose_slot_moves_to_another_shard_is_followed(redis_cluster) -> None:
+    """A resharding moves a slot (its keys, then its ownership) to another master: that node drops our
+    sharded subscription (an ``sunsubscribe`` we did not ask for), and the layer subscribes again on
+    the new owner and has its members catch up. The topic's stream moved with its keys: same epoch."""
+    prefix = f"moving-{SEED}"
+    group = topic_group("moving")
+    subscriber = RedisFanoutChannelLayer([redis_cluster.url], prefix=prefix)
+    publisher = RedisFanoutChannelLayer([redis_cluster.url], prefix=prefix)
+    channel = await subscriber.new_channel()
+    await subscriber.group_add(group, channel)
+    epoch, _ = await publisher.group_send_numbered(group, "relay", TEXT)
+    assert (await asyncio.wait_for(subscriber.receive(channel), timeout(5)))["seq"] == 1
+
+    redis_channel = subscriber.group_channel(group)
+    source = redis_cluster.master_for_key(redis_channel)
+    target = next(node for node in redis_cluster.masters() if node is not source)
+    await asyncio.to_thread(move_slot, key_slot(redis_channel.encode()), source, target)
+    assert redis_cluster.master_for_key(redis_channel) is target
+
+    # Published on the new owner: the subscriber hears of it (told to resync, then the message).
+    assert await publisher.group_send_numbered(group, "relay", TEXT) == (epoch, 2)
+    events = []
+    while not events or events[-1]["type"] != "relay":
+        events.append(await asyncio.wait_for(subscriber.receive(channel), timeout(10)))
+    assert [e["type"] for e in events] == ["layer.resync", "relay"] and events[-1]["seq"] == 2, events
+    await subscriber.flush()
+    await publisher.flush()
+
+
+def move_slot(slot: int, source: RedisNode, target: RedisNode) -> None:
+    """What ``redis-cli --cluster reshard`` does for one slot: mark it, move its keys, hand it over."""
+    target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+    source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+    while keys := source.call("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        source.call("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)  # type: ignore[misc]
+    for node in (target, source):
+        node.call("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
