@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -353,25 +354,24 @@ class ShardedRedisLink:
                 self.on_restored,
                 self.on_disconnected,
                 sharded=True,
-                on_failed=self._shard_failed,
+                on_failed=functools.partial(self._shard_failed, node.name),
                 on_moved=self._moved,
             )
         self._owner[channel] = node.name
         return subscriber
 
-    async def _shard_failed(self, failed: Subscriber) -> None:
-        """After a shard's connection failed: move its channels to their owners now, if others."""
+    async def _shard_failed(self, name: str, failed: Subscriber) -> None:
+        """After node ``name``'s connection failed: move its channels to their owners now, if others."""
         channels = list(failed.wanted)
         try:
             await self._refresh_slots(channels)
         except (RedisError, OSError) as exc:
             logger.info("Cluster slot map not refreshed yet (%s)", exc)
             return
-        name = self._name_of(failed)
         moved = [channel for channel in channels if self.redis.get_node_from_key(channel).name != name]
         for channel in moved:
             failed.wanted.discard(channel)
-        await self._resubscribe(moved)
+        await self._resubscribe(moved, refreshed=True)
 
     async def _refresh_slots(self, channels: Collection[str]) -> None:
         """Have the cluster client learn who owns each of these channels' slots now.
@@ -396,16 +396,19 @@ class ShardedRedisLink:
         self._moving.add(task)
         task.add_done_callback(self._moving.discard)
 
-    async def _resubscribe(self, channels: list[str]) -> None:
+    async def _resubscribe(self, channels: list[str], *, refreshed: bool = False) -> None:
+        """Subscribe ``channels`` on their owners, retrying until done, then have them resynced."""
         backoff = RECONNECT_BACKOFF_FIRST
         pending = list(channels)
         while pending:
             try:
+                if not refreshed:
+                    await self._refresh_slots(pending)
+                refreshed = False  # the next attempt asks again
                 for channel in list(pending):
                     if channel not in self._owner:
                         pending.remove(channel)  # unsubscribed meanwhile
                         continue
-                    await self._refresh_slots([channel])
                     subscriber = await self._subscriber_for(channel)
                     await subscriber.subscribe(channel)
                     pending.remove(channel)
@@ -415,9 +418,6 @@ class ShardedRedisLink:
                 backoff = min(backoff * 2, RECONNECT_BACKOFF_CAP)
         if channels:
             self.on_restored(channels)
-
-    def _name_of(self, subscriber: Subscriber) -> str:
-        return next((name for name, known in self.subscribers.items() if known is subscriber), "")
 
 
 async def _close_quietly(closable: Any) -> None:
