@@ -27,6 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode as SyncClusterNode
+from redis.sentinel import Sentinel as SyncSentinel
 
 Kind = Literal["server", "sentinel", "cluster"]
 SENTINEL_SCHEME = "redis+sentinel"
@@ -79,12 +80,11 @@ class RedisTarget:
             )
         # redis-py's Cluster pool refuses (rather than waits) past max_connections per node: its
         # default (100) is kept. Retries are quick: callers (the reader, publishers) back off themselves.
-        kwargs = {k: v for k, v in connection_kwargs.items() if k not in ("timeout", "max_connections")}
         return aioredis.RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in self.nodes],
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
             **self._auth(),
-            **kwargs,
+            **_without_pool_options(connection_kwargs),
         )
 
     def channels_redis_hosts(self) -> list[Any]:
@@ -137,8 +137,6 @@ class RedisTarget:
         if self.kind == "server":
             client = redis.Redis.from_url(self.url, **timeouts)
         elif self.kind == "sentinel":
-            from redis.sentinel import Sentinel as SyncSentinel
-
             sentinel = SyncSentinel(list(self.nodes), sentinel_kwargs={**timeouts, **self.sentinel_auth})
             client = sentinel.master_for(self.service, db=self.db, **self._auth(), **timeouts)
         else:
