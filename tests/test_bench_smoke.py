@@ -77,7 +77,10 @@ def check_scale(result: dict[str, Any]) -> None:
             setup,
             r,
         )
-        assert r["cpu_by_process_pct"], (setup, r)
+        # Each process's share of the CPU used, largest first; none at all if no clock tick was seen.
+        shares = r["cpu_by_process_pct"]
+        assert shares == sorted(shares, reverse=True) and all(share >= 0 for share in shares), (setup, r)
+        assert not shares or abs(sum(shares) - 100) < 1, (setup, r)
 
 
 def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
