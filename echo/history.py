@@ -203,10 +203,15 @@ class HistoryStore:
         return [(group, int(counter)) for group, counter in zip(groups, counters, strict=True) if counter]
 
     def stream_key(self, group: str) -> str:
-        return f"{self.prefix}:stream:{{{group}}}"
+        return group_key(self.prefix, "stream", group)
 
     def history_key(self, group: str) -> str:
-        return f"{self.prefix}:history:{{{group}}}"
+        return group_key(self.prefix, "history", group)
 
     def index_key(self) -> str:
         return f"{self.prefix}:numbered"
+
+
+def group_key(prefix: str, kind: str, group: str) -> str:
+    """A Redis name kept for a group, hash-tagged with the group so that all of them share its shard."""
+    return f"{prefix}:{kind}:{{{group}}}"

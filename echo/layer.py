@@ -43,7 +43,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
 from echo.fanout import Event, FanoutStats, LocalFanout
-from echo.history import History, HistoryStore
+from echo.history import History, HistoryStore, group_key
 from echo.protocol import RESYNC_EVENT
 from echo.redis_link import RedisLink, ShardedRedisLink
 from echo.redis_target import parse_redis_url
@@ -137,15 +137,15 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
 
     def inbox_channel(self, token: str) -> str:
         """The Redis channel one process listens on for messages sent to its specific channels."""
-        return f"{self.prefix}:inbox:{{{token}}}"
+        return group_key(self.prefix, "inbox", token)
 
     def group_channel(self, group: str) -> str:
         """The Redis channel a group's messages are published on (hash-tagged: the group's shard)."""
-        return f"{self.prefix}:group:{{{group}}}"
+        return group_key(self.prefix, "group", group)
 
     def group_key(self, kind: str, group: str) -> str:
         """The name of a Redis key kept for a group (presence, say), on the group's shard."""
-        return f"{self.prefix}:{kind}:{{{group}}}"
+        return group_key(self.prefix, kind, group)
 
     # ---------------------------------------------------------------- channel layer API
 

@@ -235,16 +235,11 @@ class RedisLink:
         on_restored: OnRestored,
         on_disconnected: Callable[[], None],
     ) -> None:
-        self.target = target
         self.redis: Any = target.async_client(**connection_kwargs)
         self._subscription_client = target.subscription_client(**connection_kwargs)
         self.subscriber = Subscriber(
             self._subscription_client.pubsub, redact_url(target.url), on_message, on_restored, on_disconnected
         )
-
-    @property
-    def wanted(self) -> set[str]:
-        return self.subscriber.wanted
 
     async def publish(self, channel: str, payload: bytes) -> None:
         await self.redis.publish(channel, payload)
@@ -296,10 +291,6 @@ class ShardedRedisLink:
         self.subscribers: dict[str, Subscriber] = {}  # node name ("host:port") -> its subscriber
         self._owner: dict[str, str] = {}  # channel -> node name it is subscribed on
         self._moving: set[asyncio.Task[None]] = set()
-
-    @property
-    def wanted(self) -> set[str]:
-        return set(self._owner)
 
     async def publish(self, channel: str, payload: bytes) -> None:
         await self.redis.spublish(channel, payload)
