@@ -25,6 +25,7 @@ COPY manage.py ./
 COPY wsproject ./wsproject
 COPY echo ./echo
 COPY templates ./templates
+COPY deploy/compose_secrets.py ./deploy/
 COPY --from=frontend /build/node_modules/uplot/dist ./node_modules/uplot/dist
 # Static files are collected at build time. Migrations are not applied here (a build has no database
 # to apply them to): compose's one-shot `migrate` service applies them before any web replica starts.
@@ -33,6 +34,13 @@ COPY --from=frontend /build/node_modules/uplot/dist ./node_modules/uplot/dist
 RUN DJANGO_SECRET_KEY=collectstatic-only DJANGO_ALLOWED_HOSTS=build \
     python manage.py collectstatic --noinput -v 0
 
+# Where compose mounts its secrets volume (deploy/compose_secrets.py). A new named volume takes this
+# directory's owner and mode, so the app user writes the secrets there and only it (and root) reads them.
+RUN mkdir -m 700 /secrets && chown app:app /secrets
+
 USER app
 EXPOSE 8000
+# Exports the secrets found in /secrets unless the environment sets them, then runs the command;
+# with nothing in /secrets (the image run outside compose) it changes nothing.
+ENTRYPOINT ["python", "deploy/compose_secrets.py", "exec", "/secrets", "--"]
 CMD ["python", "-m", "wsproject.server", "--host", "0.0.0.0", "--port", "8000"]
