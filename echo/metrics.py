@@ -47,6 +47,9 @@ COUNTERS = {
     "ws_dropped_total": "Frames or messages dropped, by reason",
     "ws_closed_total": "Connections the server closed, by close code",
     "ws_errors_total": "Errors handling a connection",
+    "ws_aborted_total": "Connections aborted while being closed (still sending, or not ending), by reason",
+    "ws_handshakes_refused_total": "WebSocket handshakes refused before the app saw them, by reason",
+    "ws_revocations_failed_total": "Revocations that could not be sent to the sockets they close",
 }
 
 LABEL_NAMES = {
@@ -55,6 +58,8 @@ LABEL_NAMES = {
     "ws_dropped_total": "reason",
     "ws_closed_total": "code",
     "ws_errors_total": "kind",
+    "ws_aborted_total": "reason",
+    "ws_handshakes_refused_total": "reason",
 }
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

@@ -49,7 +49,7 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
-        self.closing = self.aborted = False
+        self.closing = self.aborted = self.eof_written = False
         self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -68,6 +68,12 @@ class FakeTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.closing = self.aborted = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -460,21 +466,90 @@ async def test_invalid_utf8_closes_with_1007_and_tells_the_app_without_a_traceba
     peer.to_server()
     await loop_turns()
     assert closes(peer.frames()) == [(1007, "invalid UTF-8")]
-    assert peer.protocol.close_sent and peer.transport.closing
+    assert peer.protocol.close_sent and peer.protocol.lingering
     assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1007, "reason": "invalid UTF-8"}
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
 
 
-async def test_handle_parser_exception_tells_the_app_sends_the_close_and_closes(peers: Any) -> None:
-    """What _drop and the 1007 close rely on, after conn.send_close()."""
+async def test_handle_parser_exception_tells_the_app_sends_the_close_and_lingers(peers: Any) -> None:
+    """What _drop and the 1007 close rely on, after conn.send_close(): the close frame goes out and the
+    write side is shut, but the socket is not closed under a client that may still be sending."""
     peer = peers()
     await peer.open()
     peer.protocol.conn.send_close(1013, "why")
     peer.protocol.handle_parser_exception()
     await loop_turns()
     assert closes(peer.frames()) == [(1013, "why")]
-    assert peer.protocol.close_sent and peer.transport.closing
+    assert peer.protocol.close_sent and peer.transport.eof_written and not peer.transport.closing
     assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1013, "reason": "why"}
+
+
+def test_ours_does_what_uvicorns_handle_parser_exception_does_but_close() -> None:
+    """Ours replaces it: if uvicorn's starts doing more, ours must learn it too."""
+    lines = [
+        line.strip()
+        for line in inspect.getsource(WebSocketsSansIOProtocol.handle_parser_exception).splitlines()
+    ]
+    body = [line for line in lines[1:] if line and not line.startswith(("#", "assert"))]
+    assert body == [
+        "code = self.conn.close_sent.code",
+        "reason = self.conn.close_sent.reason",
+        'self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})',
+        "output = self.conn.data_to_send()",
+        'self.transport.write(b"".join(output))',
+        "self.close_sent = True",
+        "self.transport.close()",
+    ], body
+
+
+def test_uvicorn_parses_input_in_data_received_and_the_transport_closes_itself_on_eof() -> None:
+    assert "self.conn.receive_data(data)" in inspect.getsource(WebSocketsSansIOProtocol.data_received)
+    assert not WebSocketsSansIOProtocol.eof_received(None), "a false value lets asyncio close the transport"  # type: ignore[arg-type]
+
+
+async def test_after_the_apps_close_input_is_dropped_unparsed_and_the_write_side_shut(peers: Any) -> None:
+    peer = peers()
+    await peer.open()
+    for n in range(3):  # frames the app has not taken yet when it closes
+        peer.client.send_text(b"early %d" % n)
+    peer.to_server()
+    assert peer.protocol.read_paused
+    await peer.app.send({"type": "websocket.close", "code": 1008, "reason": "rate_limited"})
+    assert peer.protocol.close_sent, "uvicorn's websocket.close no longer marks the close as sent"
+    assert peer.transport.eof_written and peer.transport.reading and not peer.transport.closing
+    for _ in range(1000):
+        peer.client.send_text(b"flood")
+    peer.to_server()
+    await loop_turns()
+    assert [m["type"] for m in peer.app.received[1:]] == ["websocket.disconnect"], "input reached the app"
+    assert closes(peer.frames()) == [(1008, "rate_limited")]
+    assert peer.protocol.close_timer is not None
+    assert not peer.protocol.eof_received(), "the client's end of the stream no longer closes the socket"
+
+
+async def test_a_client_still_sending_after_closing_bytes_is_aborted(
+    peers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uvicorn_ws, "CLOSING_BYTES", 1000)
+    peer = peers()
+    await peer.open()
+    await peer.app.send({"type": "websocket.close", "code": 1008})
+    peer.protocol.data_received(b"x" * 999)
+    assert not peer.transport.aborted
+    peer.protocol.data_received(b"xx")
+    assert peer.transport.aborted
+
+
+async def test_a_client_that_never_ends_after_the_close_is_aborted_after_closing_seconds(
+    peers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uvicorn_ws, "CLOSING_SECONDS", 0.01)
+    peer = peers()
+    await peer.open()
+    await peer.app.send({"type": "websocket.close", "code": 1000})
+    async with asyncio.timeout(timeout(2)):
+        while not peer.transport.aborted:
+            await asyncio.sleep(0.01)
 
 
 async def test_shutdown_closes_an_open_socket_with_1001_and_waits_for_the_clients_answer(
@@ -492,11 +567,10 @@ async def test_shutdown_closes_an_open_socket_with_1001_and_waits_for_the_client
     assert closes(other.frames()) == closes(peer.frames()) == [(1001, "going away")]
     assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1001, "reason": "going away"}
     assert not peer.transport.closing, "closed before the client could answer"
-    assert peer.protocol.close_timer is not None, "uvicorn's websocket.close no longer times the answer out"
+    assert peer.protocol.close_timer is not None, "the answer is no longer timed out"
     ours = [r.getMessage() for r in caplog.records if r.name == "wsproject.uvicorn_ws"]
     assert ours == ["Closing 2 WebSocket connections with 1001"]
-    peer.to_server()  # websockets' client answered the close frame when it read it
-    assert peer.transport.closing and peer.protocol.close_timer is None
+    assert peer.transport.eof_written  # the client reads the close, then the end, and closes its side
 
 
 async def test_shutdown_gives_a_silent_client_shutdown_seconds(
@@ -507,7 +581,7 @@ async def test_shutdown_gives_a_silent_client_shutdown_seconds(
     await peer.open()
     peer.protocol.shutdown()
     async with asyncio.timeout(timeout(2)):
-        while not peer.transport.closing:
+        while not peer.transport.aborted:
             await asyncio.sleep(0.01)
     assert closes(peer.frames()) == [(1001, "going away")]
 

@@ -33,6 +33,17 @@ async def test_the_queue_hands_items_over_in_order_and_wakes_a_waiting_reader() 
     assert queue.empty()
 
 
+async def test_the_queue_drops_the_items_picked_and_keeps_the_rest_in_order() -> None:
+    queue: ReceiveQueue[int] = ReceiveQueue()
+    assert queue.drop(lambda n: True) == 0
+    for n in range(10):
+        queue.put_nowait(n)
+    assert queue.drop(lambda n: n % 3 != 0) == 6
+    assert [await queue.get() for _ in range(4)] == [0, 3, 6, 9]
+    queue.put_nowait(1)
+    assert queue.drop(lambda n: True) == 1 and queue.empty()
+
+
 async def test_the_queue_refuses_a_second_concurrent_reader() -> None:
     queue: ReceiveQueue[str] = ReceiveQueue()
     first = asyncio.ensure_future(queue.get())

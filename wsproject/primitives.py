@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -57,6 +58,15 @@ class ReceiveQueue(Generic[T]):
         if not self._items:
             self._items = None
         return item
+
+    def drop(self, unwanted: Callable[[T], bool]) -> int:
+        """Remove the waiting items ``unwanted`` picks, keeping the others in order; return how many."""
+        if not self._items:
+            return 0
+        kept = [item for item in self._items if not unwanted(item)]
+        dropped = len(self._items) - len(kept)
+        self._items = collections.deque(kept) if kept else None
+        return dropped
 
 
 class Flag:

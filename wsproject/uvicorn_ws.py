@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Set
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -39,6 +39,10 @@ TESTED = {"uvicorn": "0.54.0", "websockets": "17.4"}
 
 # How long a stalled client's close frame may wait to be read before the connection is aborted.
 STALLED_CLOSE_SECONDS = 2.0
+# Once the server has sent its close frame, what the client may still send (read and dropped unparsed:
+# a 4 MiB frame being refused with 1009 is still arriving) and for how long, before it is aborted.
+CLOSING_BYTES = 8 * 1024 * 1024
+CLOSING_SECONDS = 5.0
 
 
 def compression_enabled() -> bool:
@@ -118,6 +122,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     _shutdown_logged_for: ClassVar[Set[Any] | None] = None
 
     frame_setting: FrameSetting = None  # known once the handshake is done
+    lingering = False  # the close frame is sent: input is counted and dropped (see _linger)
+    _discarded = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -226,6 +232,77 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.send_close(1013, "stalled: not reading")
             self.handle_parser_exception()  # tells the app, writes the close frame, closes when written
         self.loop.call_later(STALLED_CLOSE_SECONDS, self.transport.abort)
+
+    # ------------------------------------------------------------ a connection being closed
+
+    def data_received(self, data: bytes) -> None:
+        """Called with what the client sent: parsed, unless the server has sent its close frame.
+
+        From then on nothing the client sends is parsed or dispatched (a flood of tiny frames would
+        hold the event loop for seconds): it is counted and dropped until the client has read the
+        close frame and closed its side, or ``CLOSING_BYTES`` or ``CLOSING_SECONDS`` run out.
+        """
+        if self.lingering:
+            self._discarded += len(data)
+            if self._discarded > CLOSING_BYTES:
+                self._abort_closing("closing_bytes")
+            return
+        super().data_received(data)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.close" and self.close_sent and self.handshake_complete:
+            self._linger()
+
+    def handle_parser_exception(self) -> None:
+        """Called when the connection fails (a frame too big, a protocol error, invalid UTF-8, a stall).
+
+        What uvicorn's does (tell the app, write the close frame), without closing the socket at
+        once: the client may still be sending, and a socket closed with unread input answers with a
+        reset that can destroy the close frame before the client reads it (1006 instead of 1009).
+        """
+        assert self.conn.close_sent is not None
+        code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self._linger()
+
+    def _linger(self) -> None:
+        """Called once the close frame is written: end the connection so that the client hears it.
+
+        Frames still waiting for the app are dropped; the write side is shut once the close frame
+        is flushed (the client sees it, then the end of the stream, and closes its side: no input is
+        left unread, so no reset); reading goes on, unparsed, within ``CLOSING_BYTES`` and
+        ``CLOSING_SECONDS`` (or the shorter ``close_timeout`` of a shutdown), then the connection is
+        aborted.
+        """
+        if self.lingering or self.transport.is_closing():
+            return
+        self.lingering = True
+        cast(ReceiveQueue[dict[str, Any]], self.queue).drop(
+            lambda message: message["type"] == "websocket.receive"
+        )
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        seconds = min(self.close_timeout, CLOSING_SECONDS)
+        self.close_timer = self.loop.call_later(seconds, self._abort_closing, "closing_timeout")
+        if self.transport.can_write_eof():  # not under TLS: there, the client's end or the timer ends it
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def _abort_closing(self, reason: str) -> None:
+        """Called when a client being closed sent more than ``CLOSING_BYTES`` or took too long."""
+        self.close_timer = None
+        if self.transport.is_closing():
+            return  # already on its way out (connection_lost has not run yet)
+        logger.info(
+            "Aborting %s: %s after its close frame (%d bytes dropped)", self.client, reason, self._discarded
+        )
+        metrics.inc("ws_aborted_total", reason)
+        self.transport.abort()
 
     # ------------------------------------------------------------ client frames
 
