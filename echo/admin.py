@@ -10,8 +10,8 @@ from echo.models import ApiKey
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "topics", "created"]
-    readonly_fields = ["name", "topics", "created"]
+    list_display = ["name", "publish_topics", "read_topics", "created"]
+    readonly_fields = ["name", "publish_topics", "read_topics", "created"]
     search_fields = ["name"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -13,14 +13,15 @@ from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
 from echo import tokens
-from echo.access import Reader, compile_pattern, parse_patterns, topic_access
-from echo.apikeys import authenticate_key, bearer_key
+from echo.access import Reader, topic_access
+from echo.apikeys import authenticate_key, bearer_key, read_grant
+from echo.auth import key_id, password_stamp
 from echo.capabilities import capabilities
 from echo.conf import app_settings
+from echo.patterns import PatternError, parse
 from echo.protocol import GROUP_PREFIX, group_topic
 
 MAX_TOKEN_TOPICS = 64
-KEY_ID_LENGTH = 16  # hex digits of a key's digest that name it in a token (64 bits)
 
 
 async def session_user(request: HttpRequest) -> Any:
@@ -47,7 +48,7 @@ async def request_reader(request: HttpRequest) -> Reader | JsonResponse:
         response = api_error(401, "unauthorized", "unknown or revoked API key")
         response["WWW-Authenticate"] = "Bearer"
         return response
-    return Reader(AnonymousUser(), key=api_key, key_topics=parse_patterns(api_key.topics))
+    return Reader(AnonymousUser(), key=api_key, key_read=read_grant(api_key))
 
 
 @require_GET
@@ -110,12 +111,21 @@ async def _issue(request: HttpRequest) -> JsonResponse:
     try:
         narrowed = _requested_topics(request.body)
     except ValueError as exc:
-        return api_error(400, "bad_request", str(exc))
+        code = "bad_topics" if isinstance(exc, PatternError) else "bad_request"
+        return api_error(400, code, str(exc))
     ttl = app_settings.WS_TOKEN_TTL
     if reader.key is not None:
-        signed, claims = tokens.issue(ttl=ttl, key_id=reader.key.digest[:KEY_ID_LENGTH], topics=narrowed)
+        if not reader.key_read:
+            return api_error(
+                403, "forbidden", "this API key has no read grant: its tokens could read nothing"
+            )
+        # A key's token carries no more than its read grant (checked again, against the key, on connect).
+        signed, claims = tokens.issue(ttl=ttl, key_id=key_id(reader.key), topics=narrowed or reader.key_read)
     else:
-        signed, claims = tokens.issue(ttl=ttl, user_id=reader.user.pk, topics=narrowed)
+        user = reader.user
+        signed, claims = tokens.issue(
+            ttl=ttl, user_id=user.pk, topics=narrowed, auth_hash=password_stamp(user)
+        )
     return JsonResponse(
         {
             "token": signed,
@@ -127,6 +137,7 @@ async def _issue(request: HttpRequest) -> JsonResponse:
 
 
 def _requested_topics(body: bytes) -> tuple[str, ...] | None:
+    """The topic patterns a token is asked to be narrowed to; ``PatternError`` for a bad pattern."""
     if not body.strip():
         return None
     try:
@@ -139,7 +150,7 @@ def _requested_topics(body: bytes) -> tuple[str, ...] | None:
         return None
     requested = data["topics"]
     if not isinstance(requested, list) or not requested or len(requested) > MAX_TOKEN_TOPICS:
-        raise ValueError(f"topics must be a list of 1 to {MAX_TOKEN_TOPICS} topic patterns")
+        raise PatternError(f"topics must be a list of 1 to {MAX_TOKEN_TOPICS} topic patterns")
     for pattern in requested:
-        compile_pattern(pattern)
+        parse(pattern)
     return tuple(requested)

@@ -21,9 +21,9 @@ from django.core.validators import validate_slug
 from django.db import IntegrityError
 from django.http import HttpRequest
 
-from echo.access import parse_patterns
 from echo.layer import RedisFanoutChannelLayer
 from echo.models import ApiKey
+from echo.patterns import PatternError, parse_list
 
 KEY_PREFIX = "ek_"
 NAME_MAX_LENGTH = 64
@@ -59,19 +59,32 @@ async def authenticate_key(key: str) -> ApiKey | None:
     return await ApiKey.objects.filter(digest=key_digest(key)).afirst()
 
 
-def key_topics(key: ApiKey) -> tuple[str, ...]:
-    """The topic patterns ``key`` is limited to; an empty tuple means every topic."""
-    return parse_patterns(key.topics)
+def publish_grant(key: ApiKey) -> tuple[str, ...]:
+    """The topic patterns ``key`` may publish to (none: it publishes nothing)."""
+    return _grant(key.publish_topics)
+
+
+def read_grant(key: ApiKey) -> tuple[str, ...]:
+    """The topic patterns ``key``'s tokens may read, within the topic rules (none: it reads nothing)."""
+    return _grant(key.read_topics)
+
+
+def _grant(text: str) -> tuple[str, ...]:
+    try:
+        return parse_list(text)
+    except PatternError:  # stored by create_key, which checked it: only a hand-edited row gets here
+        return ()
 
 
 # ---------------------------------------------------------------- making and revoking (manage.py api_key)
 
 
-def create_key(name: str, topics: str = "") -> tuple[ApiKey, str]:
-    """Store a new key named ``name`` for the comma-separated topic ``topics`` patterns (empty: all).
+def create_key(name: str, *, publish: str = "", read: str = "") -> tuple[ApiKey, str]:
+    """Store a new key named ``name`` with its grants: comma-separated topic patterns it may
+    ``publish`` to and ``read``. Nothing is granted unless named (``*`` is every topic).
 
     Returns the stored row and the key itself, which exists nowhere else: show it once. Raises
-    ``ApiKeyError`` for a name that is not a slug or is taken, or a bad pattern.
+    ``ApiKeyError`` for a name that is not a slug or is taken, a bad pattern, or no grant at all.
     """
     try:
         validate_slug(name)
@@ -79,22 +92,33 @@ def create_key(name: str, topics: str = "") -> tuple[ApiKey, str]:
         raise ApiKeyError(f"invalid key name {name!r}: use letters, digits, '-' and '_'") from None
     if len(name) > NAME_MAX_LENGTH:
         raise ApiKeyError(f"invalid key name {name!r}: at most {NAME_MAX_LENGTH} characters")
-    try:
-        patterns = ",".join(parse_patterns(topics))
-    except ValueError as exc:
-        raise ApiKeyError(str(exc)) from None
-    if len(patterns) > TOPICS_MAX_LENGTH:
-        raise ApiKeyError(f"too many topic patterns: at most {TOPICS_MAX_LENGTH} characters in all")
+    grants = []
+    for what, text in (("publish", publish), ("read", read)):
+        try:
+            patterns = ",".join(parse_list(text))
+        except PatternError as exc:
+            raise ApiKeyError(f"--{what}: {exc}") from None
+        if len(patterns) > TOPICS_MAX_LENGTH:
+            raise ApiKeyError(f"--{what}: too many topic patterns (at most {TOPICS_MAX_LENGTH} characters)")
+        grants.append(patterns)
+    if not any(grants):
+        raise ApiKeyError(
+            "a key with no grant can do nothing: give --publish PATTERNS and/or --read PATTERNS "
+            "('*' is every topic)"
+        )
     key = new_key()
     try:
-        row = ApiKey.objects.create(name=name, digest=key_digest(key), topics=patterns)
+        row = ApiKey.objects.create(
+            name=name, digest=key_digest(key), publish_topics=grants[0], read_topics=grants[1]
+        )
     except IntegrityError:
         raise ApiKeyError(f"an API key named {name!r} exists already (revoke it first)") from None
     return row, key
 
 
 def revoke_key(name: str) -> None:
-    """Delete the key named ``name``: requests with it are refused from the next one on."""
+    """Delete the key named ``name``: requests with it are refused from the next one on, and the
+    sockets opened with its tokens are closed (``echo.revocation``)."""
     deleted, _ = ApiKey.objects.filter(name=name).delete()
     if not deleted:
         raise ApiKeyError(f"no API key named {name!r}")

@@ -13,8 +13,11 @@ class EchoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from echo import revocation
+
         checks.register(check_topic_access)
         checks.register(check_required_apps)
+        revocation.connect_signals()
 
 
 def check_required_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -131,6 +131,14 @@ async def apublish(topic: str, values: Mapping[str, Any]) -> Position:
     return await _publisher().publish(topic, values)
 
 
+def group_send_from_sync(group: str, message: dict[str, Any], timeout: float = 10.0) -> None:
+    """Send a control event (not data: no number, no history) to a group from sync code, on the
+    same background loop as ``publish``."""
+    layer = get_channel_layer()
+    if layer is not None:
+        _background.run(layer.group_send(group, message), timeout)
+
+
 def publish(topic: str, values: Mapping[str, Any], timeout: float = 10.0) -> Position:
     """Publish ``values`` on ``topic`` from sync code (a view, a signal, a script); return its position.
 

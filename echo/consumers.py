@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from echo import connections, delivery, metrics
 from echo.access import topic_access
-from echo.auth import connection_reader
+from echo.auth import Credential, connection_reader
 from echo.capabilities import Capabilities, capabilities
 from echo.conf import app_settings as settings
 from echo.limits import FrameRateLimit, per_address
@@ -28,8 +28,16 @@ from echo.protocol import (
     topic_group,
     warning_frame,
 )
+from echo.revocation import identity_group
 from echo.streams import TopicStreams, Verdict
-from echo.subscription import CLOSE_POLICY_VIOLATION, ClientError, Subscription, parse_subscription
+from echo.subscription import (
+    CLOSE_FORBIDDEN,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_UNAUTHORIZED,
+    ClientError,
+    Subscription,
+    parse_subscription,
+)
 from echo.tokens import PROTOCOL, TokenError, offered_token
 
 if TYPE_CHECKING:
@@ -37,12 +45,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# RFC 6455 close codes: "try again later" and "message too big"; and the IANA-registered 3000
-# (unauthorized: the token is bad or expired, get a new one) and 3003 (forbidden: do not retry as is).
+# RFC 6455 close codes: "try again later" and "message too big".
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_TOO_BIG = 1009
-CLOSE_UNAUTHORIZED = 3000
-CLOSE_FORBIDDEN = 3003
 
 # Layer sends started from timer callbacks, referenced until done (the loop keeps only weak references).
 _pending_sends: set[asyncio.Future[None]] = set()
@@ -68,6 +73,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
     history_unavailable = False  # the last attempt to read history failed
     viewer: str | None = None  # who presence lists on the connection's topics that are not public
     token_expiry: asyncio.TimerHandle | None = None
+    credential: Credential | None = None  # who got in, if anyone: checked again on revocation events
     rate: FrameRateLimit | None = None  # made at the client's first frame: listeners never need one
     # Set by echo.delivery on this project's layer when the server offers a synchronous send.
     delivery: Delivery | None = None
@@ -151,6 +157,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
             frames.append(warning_frame("no_max_rate", "this server's channel layer cannot pace frames"))
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
+        if self.credential is not None:
+            await self.channel_layer.group_add(identity_group(self.credential), self.channel_name)
         await self.accept(self.protocol)
         if self.features.presence:
             self.presence_change("join")
@@ -163,6 +171,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
         """Called when the socket closes, after the groups were left."""
         if self.token_expiry is not None:
             self.token_expiry.cancel()
+        if self.credential is not None:
+            await self.channel_layer.group_discard(identity_group(self.credential), self.channel_name)
         if self.joined:
             if self.features.presence:
                 self.presence_change("leave")
@@ -197,7 +207,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         if not private and offered_token(self.scope.get("subprotocols") or []) is None:
             return
         try:
-            reader, token = await connection_reader(self.scope)
+            reader, token, self.credential = await connection_reader(self.scope)
         except TokenError as error:
             raise ClientError(error.code, error.detail, CLOSE_UNAUTHORIZED) from None
         denied = [topic for topic in topics if not await access.can_read(reader, topic)]
@@ -224,6 +234,15 @@ class EchoConsumer(AsyncWebsocketConsumer):
         await self.refuse(
             ClientError("token_expired", "the connection token has expired", CLOSE_UNAUTHORIZED)
         )
+
+    async def identity_revoked(self, event: dict[str, Any]) -> None:
+        """Called when this connection's user or key may have lost its right (``echo.revocation``):
+        check the credential again, and close if it no longer holds."""
+        if self.credential is None or self.closing:
+            return
+        error = await self.credential.revoked(event.get("session"))
+        if error is not None:
+            await self.refuse(error)
 
     def presence_change(self, change: str) -> None:
         """Count this connection in (``join``) or out of (``leave``) its topics' presence."""

@@ -13,13 +13,15 @@ class ApiKey(models.Model):
 
     Only a SHA-256 digest of the key is stored: the key itself is shown once, when it is made
     (``manage.py api_key create``). Keys are long random strings, so a fast digest is enough (no
-    password hashing: nothing to guess). ``topics`` limits the key to topic patterns.
+    password hashing: nothing to guess). Its two grants are separate: ``publish_topics`` are the
+    topics it may publish to, ``read_topics`` those its tokens may read (still narrowed by the topic
+    rules, ``echo.access``). Each is comma-separated patterns (``echo.patterns``); empty: none.
     """
 
     name = models.SlugField(max_length=64, unique=True)
     digest = models.CharField(max_length=64, unique=True, editable=False)
-    # Comma-separated topic patterns (the syntax of WS_TOPIC_ACCESS); empty: every topic.
-    topics = models.CharField(max_length=512, blank=True)
+    publish_topics = models.CharField(max_length=512, blank=True)
+    read_topics = models.CharField(max_length=512, blank=True)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

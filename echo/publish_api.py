@@ -24,13 +24,13 @@ from django.urls import register_converter
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from echo.access import matches_any
 from echo.api import api_error
-from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, key_topics
+from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, publish_grant
 from echo.broadcast import LayerNotShared, apublish
 from echo.conf import app_settings
 from echo.feeds import parse_line
 from echo.models import ApiKey
+from echo.patterns import matches_any
 from echo.protocol import FrameError, Position, validate_topic, validate_values
 
 MAX_BATCH = 1000
@@ -188,9 +188,7 @@ def _batch(document: Any) -> list[Message]:
 
 
 def _check_topics(key: ApiKey, messages: list[Message]) -> None:
-    patterns = key_topics(key)
-    if not patterns:
-        return
+    patterns = publish_grant(key)
     for topic, _ in messages:
         if not matches_any(topic, patterns):
             raise ApiError(403, "forbidden", f"this API key may not publish to {topic!r}")

@@ -21,6 +21,10 @@ MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
 
 # RFC 6455 close code for a message that violates the server's policy.
 CLOSE_POLICY_VIOLATION = 1008
+# IANA-registered: 3000 (unauthorized: the token is bad, expired or revoked: get a new one) and 3003
+# (forbidden: do not retry as is).
+CLOSE_UNAUTHORIZED = 3000
+CLOSE_FORBIDDEN = 3003
 
 
 class ClientError(Exception):

@@ -40,13 +40,16 @@ class Token:
     """What a valid token says: the user's id or the API key's id, its topics, and when it expires.
 
     A key's id is the start of its digest: unlike its name, it dies with the key (a key made again
-    under the same name has another).
+    under the same name has another). A user's token also carries the start of the user's session
+    auth hash (``auth_hash``), which changes with the password: a token from before a password change
+    is refused, as Django refuses the sessions from before it.
     """
 
     user_id: int | None
     key_id: str | None
     topics: tuple[str, ...] | None
     expires: float
+    auth_hash: str | None = None
 
     def remaining(self, now: float | None = None) -> float:
         """Seconds until it expires (negative once it has)."""
@@ -64,6 +67,7 @@ def issue(
     user_id: int | None = None,
     key_id: str | None = None,
     topics: tuple[str, ...] | None = None,
+    auth_hash: str | None = None,
 ) -> tuple[str, Token]:
     """Sign a token for a user (or an API key), valid ``ttl`` seconds; return it and what it says."""
     if (user_id is None) == (key_id is None):
@@ -76,8 +80,10 @@ def issue(
         payload["k"] = key_id
     if topics is not None:
         payload["t"] = list(topics)
+    if auth_hash is not None:
+        payload["h"] = auth_hash
     token = _signer().sign_object(payload, compress=False)
-    return token, Token(user_id, key_id, topics, float(expires))
+    return token, Token(user_id, key_id, topics, float(expires), auth_hash)
 
 
 def read(token: str, now: float | None = None) -> Token:
@@ -91,7 +97,10 @@ def read(token: str, now: float | None = None) -> Token:
         user_id = payload.get("u")
         key_id = payload.get("k")
         topics = payload.get("t")
+        auth_hash = payload.get("h")
         if topics is not None and not isinstance(topics, list):
+            raise TypeError
+        if auth_hash is not None and not isinstance(auth_hash, str):
             raise TypeError
         if (
             (user_id is None) == (key_id is None)
@@ -105,7 +114,7 @@ def read(token: str, now: float | None = None) -> Token:
             raise TypeError
     except (KeyError, TypeError, ValueError, AttributeError):
         raise TokenError("bad_token", "the connection token is not valid") from None
-    claims = Token(user_id, key_id, tuple(topics) if topics is not None else None, expires)
+    claims = Token(user_id, key_id, tuple(topics) if topics is not None else None, expires, auth_hash)
     if claims.remaining(now) <= 0:
         raise TokenError("token_expired", "the connection token has expired: get a new one")
     return claims

@@ -32,9 +32,14 @@ def api_key(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def create_key(topics: str = "", name: str | None = None) -> str:
-    """Make a key with ``manage.py api_key create`` and return it (the last line of its output)."""
-    arguments = ["create", name or unique_name()] + (["--topics", topics] if topics else [])
+def create_key(publish: str = "*", name: str | None = None, read: str = "") -> str:
+    """Make a key with ``manage.py api_key create`` and return it (the last line of its output).
+
+    It publishes to ``publish`` (every topic unless told) and reads ``read`` (nothing unless told).
+    """
+    arguments = ["create", name or unique_name()]
+    arguments += ["--publish", publish] if publish else []
+    arguments += ["--read", read] if read else []
     result = api_key(*arguments)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()[-1]

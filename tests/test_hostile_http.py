@@ -61,7 +61,7 @@ BODIES = st.one_of(
 
 @pytest.fixture(scope="module")
 def key() -> str:
-    return create_key()
+    return create_key("*", read="*")
 
 
 @pytest.fixture

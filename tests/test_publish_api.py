@@ -192,7 +192,7 @@ async def test_api_keys_never_appear_in_the_server_log(any_server: Server, topic
 
 async def test_a_revoked_key_is_refused(production_server: Server, topic: str) -> None:
     name = unique_name()
-    key = await asyncio.to_thread(create_key, "", name)
+    key = await asyncio.to_thread(create_key, "*", name)
     assert (await asyncio.to_thread(publish, production_server, topic, {"a": 1}, key)).status == 200
     assert (await asyncio.to_thread(api_key, "revoke", name)).returncode == 0
     answer = await asyncio.to_thread(publish, production_server, topic, {"a": 1}, key)

@@ -9,6 +9,7 @@ to set, which the entry points print as that one line.
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -80,6 +81,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Login throttling (django-axes): failed logins counted per user name and per address.
+    "axes",
     "echo",
 ]
 
@@ -94,7 +97,23 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "wsproject.security.ContentSecurityPolicyMiddleware",
+    # Last, as django-axes asks: turns a refused login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Repeated failed logins for one user name, or from one address, are refused for a while (429, with
+# the lockout page saying so), whatever the password; a successful login clears the count. The
+# address is the client's as the server sees it (behind nginx: X-Forwarded-For from a trusted proxy,
+# FORWARDED_ALLOW_IPS). `manage.py axes_reset` lifts every lockout.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOGIN_LOCKOUT_SECONDS", 900))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 
 ROOT_URLCONF = "wsproject.urls"
 
@@ -236,5 +255,8 @@ LOGGING = {
     "filters": {"routine": {"()": "wsproject.logfilters.DropRoutineConnectionLines"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["routine"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+        "axes": {"level": "WARNING"},  # lockouts, not its banner in every command's output
+    },
 }
