@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import socket
 
 import devenv
@@ -14,7 +15,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import Server, data_frames, http_get, metric, next_echo, start_server, timeout
+from tests.support import Server, data_frames, http_get, metric, next_echo, start_server, stop, timeout
 
 
 async def still_serving(server: Server) -> None:
@@ -121,13 +122,63 @@ async def test_connections_per_address_are_capped_using_the_forwarded_address(
 
 def raw_exchange(port: int, request: bytes) -> bytes:
     """Send raw bytes as a client and return whatever the server answers before closing."""
+    return raw_exchange_from(port, request)[1]
+
+
+def raw_exchange_from(port: int, request: bytes, shut: bool = True) -> tuple[int, bytes]:
+    """Send raw bytes as a client; return the client's own port and what the server answered.
+
+    ``shut``: end the client's side once sent (else the server must end the exchange itself).
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout(10)) as sock:
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        if shut:
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return sock.getsockname()[1], b"".join(chunks)
+
+
+UPGRADE = b"GET /ws/echo/ HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+HOSTILE_HANDSHAKES = {
+    "no-key": UPGRADE + b"Host: localhost\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    "two-origins": UPGRADE
+    + KEY
+    + b"Host: localhost\r\nSec-WebSocket-Version: 13\r\nOrigin: http://localhost\r\nOrigin: http://a.example\r\n\r\n",
+    "bad-key": UPGRADE + b"Host: localhost\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    "version-8": UPGRADE + KEY + b"Host: localhost\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    "bad-protocol": UPGRADE
+    + KEY
+    + b"Host: localhost\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ,,a b\r\n\r\n",
+    "foreign-host": UPGRADE
+    + KEY
+    + b"Host: a.example\r\nOrigin: http://a.example\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    "oversize-header": UPGRADE + KEY + b"Host: localhost\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+}
+
+
+async def test_a_hostile_handshake_costs_one_short_log_line_and_a_count(production_server: Server) -> None:
+    """Each is refused (4xx), logged once (address and reason, no traceback) and counted in /metrics."""
+    server = production_server
+    before = await asyncio.to_thread(metric, server, "ws_handshakes_refused_total")
+    ports = {}
+    for name, request in HOSTILE_HANDSHAKES.items():
+        port, answer = await asyncio.to_thread(raw_exchange_from, server.port, request, False)
+        assert answer.split(b" ", 2)[1][:1] == b"4", (name, answer[:100])
+        ports[name] = port
+        await asyncio.to_thread(server.output.wait_for, rf"127\.0\.0\.1:{port}\b")
+    await still_serving(server)
+    refused = await asyncio.to_thread(metric, server, "ws_handshakes_refused_total")
+    assert refused - before == len(HOSTILE_HANDSHAKES) - 1  # the foreign Host is the app's refusal
+    stop(server.process)
+    log = server.output.drain()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    for name, port in ports.items():
+        lines = [line for line in log.splitlines() if f"127.0.0.1:{port}" in line]
+        assert len(lines) == 1, (name, lines)
+        assert len(lines[0]) < 250 and re.search(r" (WARNING|INFO) ", lines[0]), (name, lines[0])
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,10 @@ from wsproject import versions
 from wsproject.primitives import Flag, ReceiveQueue
 
 logger = logging.getLogger(__name__)
+# websockets' own handshake log lines ("connection rejected (400 Bad Request)", no address): the
+# refusal is logged here instead, once, with the address and the reason (_refused).
+quiet_websockets_logger = logging.getLogger(f"{__name__}.websockets")
+quiet_websockets_logger.setLevel(logging.WARNING)
 
 # The versions tests/test_internals.py ran against: requirements.txt's pins.
 TESTED = {"uvicorn": "0.54.0", "websockets": "17.4"}
@@ -140,12 +144,17 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
                 client_max_window_bits=12,
                 compress_settings=COMPRESS_SETTINGS,
             )
-            self.conn = ServerProtocol(
-                extensions=[deflate], max_size=self.config.ws_max_size, logger=self.conn.logger
-            )
+            self.conn = ServerProtocol(extensions=[deflate], max_size=self.config.ws_max_size)
+        self.conn.logger = quiet_websockets_logger
+
+    # ------------------------------------------------------------ the handshake
 
     def handle_connect(self, event: Request) -> None:
+        """Called with the parsed upgrade request: websockets checks it, the app decides."""
         super().handle_connect(event)
+        if self.response.status_code != 101:  # refused by websockets: uvicorn answered and closed
+            self._refused(self.response.status_code)
+            return
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[DIRECT_SEND_TEXT] = self.direct_send_text
 
@@ -248,6 +257,22 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._abort_closing("closing_bytes")
             return
         super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            # A request websockets could not even parse (a header over its limits): uvicorn
+            # would leave its answer unsent and the connection open.
+            answer = b"".join(self.conn.data_to_send())  # b"HTTP/1.1 431 ..."
+            self.transport.write(answer)
+            self.transport.close()
+            self._refused(int(answer[9:12]) if answer[9:12].isdigit() else 400)
+
+    def _refused(self, status: int) -> None:
+        """Called when a handshake was refused before the app saw it: one line and a count, no traceback."""
+        exc = self.conn.handshake_exc
+        reason = type(exc).__name__ if exc is not None else "refused"
+        detail = " ".join(str(exc).split())[:200] if exc is not None else ""
+        address = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+        logger.warning("Refused a WebSocket handshake from %s (%d): %s", address, status, detail or reason)
+        metrics.inc("ws_handshakes_refused_total", reason)
 
     async def send(self, message: Any) -> None:
         await super().send(message)
