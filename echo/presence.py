@@ -133,14 +133,13 @@ class Presence:
         total, expired = 0, []
         names: set[str] | None = None
         for process, value in fields.items():
-            count, _, rest = value.decode().partition(":")
-            expires, _, listed = rest.partition(":")
-            if float(expires) < now:
+            count, expires, listed = parse_field(value)
+            if expires < now:
                 expired.append(process)
                 continue
-            total += int(count)
-            if listed:
-                names = (names or set()).union(json.loads(listed))
+            total += count
+            if listed is not None:
+                names = (names or set()).union(listed)
         if expired:
             await self.layer.redis().hdel(self._key(topic), *expired)
         if names is None:
@@ -157,6 +156,18 @@ class Presence:
         with contextlib.suppress(RedisError, OSError):
             for topic in list(self.local):
                 await self.layer.redis().hdel(self._key(topic), self.token)
+
+
+def parse_field(value: bytes) -> tuple[int, float, list[str] | None]:
+    """One process's field of a topic's presence hash: its count, when it expires, its viewers if listed."""
+    count, _, rest = value.decode().partition(":")
+    expires, _, listed = rest.partition(":")
+    return int(count), float(expires), json.loads(listed) if listed else None
+
+
+def watchers(fields: dict[bytes, bytes], now: float) -> int:
+    """The connections a topic's presence hash counts across processes, its expired fields left out."""
+    return sum(count for count, expires, _ in map(parse_field, fields.values()) if expires >= now)
 
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Presence] = weakref.WeakKeyDictionary()

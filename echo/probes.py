@@ -1,5 +1,7 @@
 """``/healthz`` and ``/metrics``: answered in ASGI before Django, for load balancers and scrapers.
 
+Wrapping the application also starts this process's reports to the admin's live view (``echo.live``).
+
 They sit in front of Django on purpose: a probe must work whatever ``Host`` header the prober sends
 (``ALLOWED_HOSTS`` would refuse 127.0.0.1 in production) and must not cost a request cycle.
 """
@@ -14,7 +16,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
-from echo import connections, metrics
+from echo import connections, live, metrics
 from echo.layer import RedisFanoutChannelLayer
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -49,8 +51,9 @@ def with_probes(django_app: ASGIApp) -> ASGIApp:
     """Wrap the HTTP application so that the two probe paths are answered here."""
     # Made now, in the thread that serves: with several workers, readings() also runs on the
     # metrics thread, which must not be the one to create the layer.
-    get_channel_layer()
+    layer = get_channel_layer()
     exporter = metrics.exporter(readings)
+    live.start_reporting(layer)  # this process, in the admin's live view
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path")

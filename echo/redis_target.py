@@ -130,18 +130,20 @@ class RedisTarget:
         kwargs = _without_pool_options(connection_kwargs)
         return aioredis.Redis(host=host, port=port, retry=_no_retry(), **self._auth(), **kwargs)
 
+    def sync_client(self, seconds: float) -> redis.Redis | redis.RedisCluster:
+        """A synchronous client (startup checks, threads that report), giving up after ``seconds``."""
+        timeouts: dict[str, Any] = {"socket_connect_timeout": seconds, "socket_timeout": seconds}
+        if self.kind == "server":
+            return redis.Redis.from_url(self.url, **timeouts)
+        if self.kind == "sentinel":
+            sentinel = SyncSentinel(list(self.nodes), sentinel_kwargs={**timeouts, **self.sentinel_auth})
+            return sentinel.master_for(self.service, db=self.db, **self._auth(), **timeouts)
+        nodes = [SyncClusterNode(host, port) for host, port in self.nodes]
+        return redis.RedisCluster(startup_nodes=nodes, **self._auth(), **timeouts)
+
     def sync_ping(self, seconds: float) -> None:
         """PING the deployment synchronously (startup checks); raises redis-py's error if it cannot."""
-        timeouts: dict[str, Any] = {"socket_connect_timeout": seconds, "socket_timeout": seconds}
-        client: redis.Redis | redis.RedisCluster
-        if self.kind == "server":
-            client = redis.Redis.from_url(self.url, **timeouts)
-        elif self.kind == "sentinel":
-            sentinel = SyncSentinel(list(self.nodes), sentinel_kwargs={**timeouts, **self.sentinel_auth})
-            client = sentinel.master_for(self.service, db=self.db, **self._auth(), **timeouts)
-        else:
-            nodes = [SyncClusterNode(host, port) for host, port in self.nodes]
-            client = redis.RedisCluster(startup_nodes=nodes, **self._auth(), **timeouts)
+        client = self.sync_client(seconds)
         try:
             client.ping()
         finally:

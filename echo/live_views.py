@@ -1,0 +1,93 @@
+"""The admin's live view: the page at ``/admin/live/`` and the JSON it polls, for staff only.
+
+The project mounts them (``wsproject/urls.py``): the page through ``admin.site.admin_view`` (others are
+sent to the admin's login), the JSON with its own check (others get 403). The numbers come from
+``echo.live``; the page (``echo/static/echo/admin-live.js``) asks for them every second.
+``counting_publishes`` wraps the publish API's views to count each key's use.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
+from django.views.decorators.http import require_GET
+from redis.exceptions import RedisError
+
+from echo import live
+from echo.apikeys import bearer_key, key_digest
+from echo.layer import RedisFanoutChannelLayer
+from echo.models import ApiKey
+
+POLL_MILLISECONDS = 1000
+
+_meter = live.RateMeter()
+
+
+def page(request: HttpRequest) -> TemplateResponse:
+    """Called for ``/admin/live/`` (behind ``admin_view``: staff only): the page, which polls ``data``."""
+    context = {
+        **admin.site.each_context(request),
+        "title": "Live",
+        "poll_milliseconds": POLL_MILLISECONDS,
+        "recent_seconds": int(live.RECENT_SECONDS),
+    }
+    return TemplateResponse(request, "admin/live.html", context)
+
+
+@require_GET
+async def data(request: HttpRequest) -> JsonResponse:
+    """Called for ``/admin/live/data``: the snapshot as JSON; 403 unless an active staff user asks, 503
+    without Redis or on a layer that keeps nothing to show."""
+    user = await request.auser()
+    if not (user.is_active and user.is_staff):
+        return _no_store(JsonResponse({"error": "forbidden", "detail": "staff only"}, status=403))
+    layer = get_channel_layer()
+    if not isinstance(layer, RedisFanoutChannelLayer):
+        detail = f"the channel layer {type(layer).__name__} keeps no live state (use echo.layer)"
+        return _no_store(JsonResponse({"error": "unavailable", "detail": detail}, status=503))
+    try:
+        found = await live.snapshot(layer, _meter)
+        use = found.pop("key_use")
+        keys = [(name, digest) async for name, digest in ApiKey.objects.values_list("name", "digest")]
+        await live.forget_keys(layer, set(use) - {digest for _, digest in keys})
+    except (RedisError, OSError) as exc:
+        detail = f"Redis unreachable: {type(exc).__name__}"
+        return _no_store(JsonResponse({"error": "unavailable", "detail": detail}, status=503))
+    found["keys"] = [
+        {"name": name, **use.get(digest, {"publishes": 0, "last_used": None})} for name, digest in keys
+    ]
+    return _no_store(JsonResponse(found))
+
+
+def _no_store(response: JsonResponse) -> JsonResponse:
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def counting_publishes(view: View) -> View:
+    """Wrap a publish API view: count what each key published (``live.record_publish``) and what was
+    refused, by error code. A key that published is valid: it is named by its digest, no query."""
+
+    @functools.wraps(view)
+    async def counted(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = await view(request, *args, **kwargs)
+        if response.status_code == 200:
+            key = bearer_key(request)
+            if key is not None:
+                body = json.loads(response.content)
+                live.record_publish(key_digest(key), len(body.get("published", [body])))
+        elif response.status_code >= 400 and response.get("Content-Type") == "application/json":
+            live.record_publish_refused(str(json.loads(response.content).get("error", response.status_code)))
+        return response
+
+    return counted
