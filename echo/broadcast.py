@@ -10,6 +10,7 @@ which creates an event loop or a Redis pool per message.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Coroutine, Mapping
@@ -18,8 +19,10 @@ from typing import Any, TypeVar
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
 from echo.capabilities import capabilities
+from echo.history import valid_idempotency_key
 from echo.protocol import (
     RELAY_EVENT,
+    FrameError,
     Position,
     encode_data_frame,
     encode_data_frame_around_position,
@@ -57,22 +60,33 @@ class Publisher:
     counting within it, one stream per topic shared by every publisher, in the same order as live
     delivery and the topic's history (the layer's "numbered" extension). On another Channels layer
     the frame goes out with plain ``group_send``, without a position or history (``echo.capabilities``).
-    A failed publish (Redis unreachable) raises; nothing was numbered or sent.
+    A failed publish (Redis unreachable) raises, and may or may not have gone out (the answer can be
+    lost after Redis ran it): publish again with the same ``idempotency_key`` to get exactly one.
     """
 
     def __init__(self, layer: BaseChannelLayer | None = None) -> None:
         self.layer = layer if layer is not None else shared_channel_layer()
         self.numbered = capabilities(self.layer).numbered
 
-    async def publish(self, topic: str, values: Mapping[str, Any], ts: float | None = None) -> Position:
+    async def publish(
+        self,
+        topic: str,
+        values: Mapping[str, Any],
+        ts: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Position:
         """Publish one frame of ``values`` on ``topic``; return its position (``epoch``, ``seq``).
 
-        The position is ``Position(None, 0)`` on a layer that does not number messages. Raises
-        ``FrameError`` for a bad topic or values, and the layer's error (``redis.RedisError``,
-        ``OSError``) when Redis cannot be reached.
+        A second publish on ``topic`` with the same ``idempotency_key`` (``new_idempotency_key()``)
+        within ``echo.history.IDEMPOTENCY_SECONDS`` publishes nothing and returns the first one's
+        position. The position is ``Position(None, 0)`` on a layer that does not number messages (and
+        keeps no keys either). Raises ``FrameError`` for a bad topic, values or key, and the layer's
+        error (``redis.RedisError``, ``OSError``) when Redis cannot be reached.
         """
         validate_topic(topic)
         checked = validate_values(values)
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            raise FrameError("an idempotency key is 1 to 200 printable ASCII characters without spaces")
         ts = time.time() if ts is None else ts
         if not self.numbered:
             await self.layer.group_send(
@@ -80,8 +94,15 @@ class Publisher:
             )
             return Position(None, 0)
         text = encode_data_frame_around_position(topic, ts, checked)
-        epoch, seq = await self.layer.group_send_numbered(topic_group(topic), RELAY_EVENT, text)
+        epoch, seq = await self.layer.group_send_numbered(
+            topic_group(topic), RELAY_EVENT, text, idempotency_key
+        )
         return Position(epoch, seq)
+
+
+def new_idempotency_key() -> str:
+    """A fresh idempotency key: make one per message, and publish it again with the same one."""
+    return secrets.token_urlsafe(16)
 
 
 class _BackgroundLoop:
@@ -126,9 +147,12 @@ def _publisher() -> Publisher:
     return _default_publisher
 
 
-async def apublish(topic: str, values: Mapping[str, Any]) -> Position:
-    """Publish ``values`` on ``topic`` from async code; return the frame's position (epoch, seq)."""
-    return await _publisher().publish(topic, values)
+async def apublish(topic: str, values: Mapping[str, Any], idempotency_key: str | None = None) -> Position:
+    """Publish ``values`` on ``topic`` from async code; return the frame's position (epoch, seq).
+
+    To retry a failed publish safely, give it an ``idempotency_key`` and retry with the same key.
+    """
+    return await _publisher().publish(topic, values, idempotency_key=idempotency_key)
 
 
 def group_send_from_sync(group: str, message: dict[str, Any], timeout: float = 10.0) -> None:
@@ -139,9 +163,12 @@ def group_send_from_sync(group: str, message: dict[str, Any], timeout: float = 1
         _background.run(layer.group_send(group, message), timeout)
 
 
-def publish(topic: str, values: Mapping[str, Any], timeout: float = 10.0) -> Position:
+def publish(
+    topic: str, values: Mapping[str, Any], timeout: float = 10.0, idempotency_key: str | None = None
+) -> Position:
     """Publish ``values`` on ``topic`` from sync code (a view, a signal, a script); return its position.
 
-    Blocks until Redis has the message or ``timeout`` seconds pass (``TimeoutError``).
+    Blocks until Redis has the message or ``timeout`` seconds pass (``TimeoutError``). To retry a
+    failed publish safely, give it an ``idempotency_key`` and retry with the same key.
     """
-    return _background.run(_publisher().publish(topic, values), timeout)
+    return _background.run(_publisher().publish(topic, values, idempotency_key=idempotency_key), timeout)

@@ -53,13 +53,23 @@ local function start_epoch(stream, history, fresh, replid, ttl)
 end
 """
 
-# KEYS: the stream's hash (fields epoch, seq, replid), its history (a Redis stream).
+# KEYS: the stream's hash (fields epoch, seq, replid), its history (a Redis stream), the publication
+# of an idempotency key (its "epoch:seq"; unused without a key).
 # ARGV: publish command (PUBLISH, or SPUBLISH on a Cluster), channel, event type, text before the
-# epoch, text between epoch and seq, text after the seq, history length, ttl, group, a fresh epoch.
-# Returns seq, epoch, and 1 if the epoch is new.
+# epoch, text between epoch and seq, text after the seq, history length, ttl, group, a fresh epoch,
+# 1 if the message has an idempotency key (else 0), how long the key is remembered.
+# Returns seq, epoch, 1 if the epoch is new; for a key seen within its window, the first
+# publication's seq and epoch and nothing is published.
 NUMBERED_SEND_SCRIPT = (
     EPOCH_FUNCTIONS
     + """
+if ARGV[11] == '1' then
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    local at = string.find(first, ':', 1, true)
+    return {tonumber(string.sub(first, at + 1)), string.sub(first, 1, at - 1), 0}
+  end
+end
 local epoch, promoted, replid = current_epoch(KEYS[1])
 local fresh = 0
 if not epoch or promoted then
@@ -73,6 +83,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[8])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call(ARGV[1], ARGV[2],
   cmsgpack.pack({type = ARGV[3], text = text, seq = seq, epoch = epoch, group = ARGV[9]}))
+if ARGV[11] == '1' then
+  redis.call('SET', KEYS[3], epoch .. ':' .. seq, 'EX', ARGV[12])
+end
 return {seq, epoch, fresh}
 """
 )
@@ -100,6 +113,11 @@ return {epoch, seq, entries}
 # A group is written to the index of numbered groups at most this often per process (and at once
 # when its epoch is new): the index only answers "which groups published within history_ttl".
 INDEX_REFRESH_SECONDS = 60.0
+# How long a publish's idempotency key is remembered: a retry within this window is answered with the
+# first publication's position and publishes nothing (README: Publishing from other programs).
+IDEMPOTENCY_SECONDS = 300
+# An idempotency key: printable ASCII without spaces, at most this long.
+MAX_IDEMPOTENCY_KEY = 200
 # Concurrent history reads per process: a burst of catch-ups (after an outage) waits its turn
 # instead of opening a connection each.
 CONCURRENT_READS = 32
@@ -135,12 +153,26 @@ class HistoryStore:
         self._indexed: dict[str, float] = {}  # group -> when this process last wrote it to the index
 
     async def send(
-        self, group: str, channel: str, event_type: str, text: tuple[str, str, str]
+        self,
+        group: str,
+        channel: str,
+        event_type: str,
+        text: tuple[str, str, str],
+        idempotency_key: str | None = None,
     ) -> tuple[str, int]:
-        """Number, store and publish one text on ``channel``; return its position (epoch, seq)."""
+        """Number, store and publish one text on ``channel``; return its position (epoch, seq).
+
+        With an ``idempotency_key`` already used for ``group`` within ``IDEMPOTENCY_SECONDS``, publishes
+        nothing and returns the first publication's position: a send whose answer was lost can be
+        sent again. The check is part of the numbering script, so it holds across processes.
+        """
         before, between, after = text
         seq, epoch, fresh = await self._send(
-            keys=[self.stream_key(group), self.history_key(group)],
+            keys=[
+                self.stream_key(group),
+                self.history_key(group),
+                self.idempotency_key(group, idempotency_key),
+            ],
             args=[
                 self.publish_command,
                 channel,
@@ -152,6 +184,8 @@ class HistoryStore:
                 self.history_ttl,
                 group,
                 secrets.token_hex(4),
+                0 if idempotency_key is None else 1,
+                IDEMPOTENCY_SECONDS,
             ],
         )
         now = time.monotonic()
@@ -208,8 +242,17 @@ class HistoryStore:
     def history_key(self, group: str) -> str:
         return group_key(self.prefix, "history", group)
 
+    def idempotency_key(self, group: str, key: str | None) -> str:
+        """Where the publication of ``key`` is remembered (in the group's shard: its hash tag)."""
+        return f"{group_key(self.prefix, 'published', group)}:{key or ''}"
+
     def index_key(self) -> str:
         return f"{self.prefix}:numbered"
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """True for a key of 1 to ``MAX_IDEMPOTENCY_KEY`` printable ASCII characters, no spaces."""
+    return 0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable() and " " not in key
 
 
 def group_key(prefix: str, kind: str, group: str) -> str:

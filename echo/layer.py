@@ -268,7 +268,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     # ---------------------------------------------------------------- numbered extension
 
     async def group_send_numbered(
-        self, group: str, event_type: str, text: tuple[str, str, str]
+        self, group: str, event_type: str, text: tuple[str, str, str], idempotency_key: str | None = None
     ) -> tuple[str, int]:
         """Number a text message for ``group``, keep it in the group's history, publish it.
 
@@ -276,9 +276,14 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         the position, ``(epoch, seq)``: ``seq`` rises by one per group across all publishers within
         one epoch; a new epoch starts at 1 when Redis no longer has the group's counter. Members
         receive ``{"type": event_type, "text": ..., "seq": seq, "epoch": epoch, "group": group}``.
+        A second send with the same ``idempotency_key`` within ``echo.history.IDEMPOTENCY_SECONDS``
+        returns the first one's position and sends nothing.
         """
         self.require_valid_group_name(group)
-        position = await self._state().history.send(group, self.group_channel(group), event_type, text)
+        state = self._state()
+        position = await state.history.send(
+            group, self.group_channel(group), event_type, text, idempotency_key
+        )
         self.stats.published += 1
         return position
 

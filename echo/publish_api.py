@@ -7,6 +7,11 @@ answers ``{"topic", "epoch", "seq"}``. ``POST /api/publish``: ``{"messages": [{"
 ``{"published": [{"topic", "epoch", "seq"}, ...]}`` in order. Both publish through
 ``echo.broadcast.apublish``: the numbering, history and delivery of ``push_data``.
 
+A request may carry an ``Idempotency-Key`` header (1 to ``MAX_IDEMPOTENCY_HEADER`` printable ASCII
+characters, no spaces): the same request sent again with the same key and the same API key within
+``echo.history.IDEMPOTENCY_SECONDS`` publishes nothing new and answers the first one's positions, so a
+client whose request timed out can retry it safely.
+
 A refusal is an ``ApiError`` raised anywhere below and turned into ``{"error", "detail"}`` JSON in one
 place (``_answer``). The key is read from its header and never written into an answer or a log line;
 Django logs a refused request's method and path only.
@@ -29,11 +34,13 @@ from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, publish_gra
 from echo.broadcast import LayerNotShared, apublish
 from echo.conf import app_settings
 from echo.feeds import parse_line
+from echo.history import valid_idempotency_key
 from echo.models import ApiKey
 from echo.patterns import matches_any
 from echo.protocol import FrameError, Position, validate_topic, validate_values
 
 MAX_BATCH = 1000
+MAX_IDEMPOTENCY_HEADER = 100
 MESSAGE_FIELDS = frozenset({"topic", "values"})
 
 _rate_limit = KeyRateLimit()
@@ -95,9 +102,10 @@ async def _answer(
             raise ApiError(405, "method_not_allowed", "use POST", {"Allow": "POST"})
         key = await _authenticate(request)
         messages = parse(_read_body(request))
+        idempotency = _idempotency(request, key)
         _check_topics(key, messages)
         await _check_rate(key, len(messages))
-        positions = await _publish_all(messages)
+        positions = await _publish_all(messages, idempotency)
     except ApiError as refused:
         response = api_error(refused.status, refused.code, refused.detail)
         for name, value in refused.headers.items():
@@ -208,12 +216,28 @@ async def _check_rate(key: ApiKey, messages: int) -> None:
         )
 
 
-async def _publish_all(messages: list[Message]) -> list[Position]:
-    """Publish in order, one at a time, so that a batch's messages to one topic keep their order."""
+def _idempotency(request: HttpRequest, key: ApiKey) -> str | None:
+    """The request's ``Idempotency-Key``, scoped to its API key (another key's retries are its own)."""
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
+        return None
+    if not valid_idempotency_key(header) or len(header) > MAX_IDEMPOTENCY_HEADER:
+        detail = f"Idempotency-Key is 1 to {MAX_IDEMPOTENCY_HEADER} printable ASCII characters, no spaces"
+        raise ApiError(400, "bad_idempotency_key", detail)
+    return f"k{key.pk}.{header}"
+
+
+async def _publish_all(messages: list[Message], idempotency: str | None = None) -> list[Position]:
+    """Publish in order, one at a time, so that a batch's messages to one topic keep their order.
+
+    With an idempotency key, message ``n`` of the request carries ``key.n``: a retried batch
+    publishes only what the first attempt did not.
+    """
     positions: list[Position] = []
     try:
-        for topic, values in messages:
-            positions.append(await apublish(topic, values))
+        for index, (topic, values) in enumerate(messages):
+            message_key = None if idempotency is None else f"{idempotency}.{index}"
+            positions.append(await apublish(topic, values, message_key))
     except LayerNotShared as exc:
         raise ApiError(503, "unavailable", _one_line(exc)) from None
     except (RedisError, OSError) as exc:

@@ -3,6 +3,8 @@
 The loop behind ``manage.py push_data``. A publish that fails because Redis is unreachable is retried
 (after 0.5 s, then every second, so that data flows again within a second of Redis coming back) until
 it goes through, with a log line per attempt at first and then one every ``REPORT_EVERY`` seconds;
+every attempt carries the message's one idempotency key, so a publish whose answer was lost (Redis ran
+it, then the connection dropped) is not published a second time by its retry;
 ticks missed meanwhile are skipped rather than sent in a burst, so the stream resumes at its normal rate.
 """
 
@@ -19,7 +21,7 @@ from typing import IO
 
 from redis.exceptions import RedisError
 
-from echo.broadcast import Publisher
+from echo.broadcast import Publisher, new_idempotency_key
 from echo.feeds import BadLine, Values, parse_line
 from echo.protocol import FrameError, Position
 from echo.redis_link import raise_if_cancelling, redact_url
@@ -106,9 +108,10 @@ class Pump:
         failing_since: float | None = None
         attempts = 0
         next_report = 0.0
+        key = new_idempotency_key()
         while True:
             try:
-                self.last = await self.publisher.publish(self.topic, values)
+                self.last = await self.publisher.publish(self.topic, values, idempotency_key=key)
             except FrameError as exc:
                 self.skipped += 1
                 logger.warning("Skipped a message that cannot be sent: %s", exc)
