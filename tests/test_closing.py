@@ -173,7 +173,13 @@ async def close_code_after_sending(server: Server, payload: str) -> int:
             while True:
                 await asyncio.wait_for(ws.recv(), timeout(10))
         except websockets.ConnectionClosed as closed:
+            await asyncio.wait_for(ws.wait_closed(), timeout(10))  # the TCP connection too
             return closed.rcvd.code if closed.rcvd is not None else 1006
+        except AttributeError:
+            # websockets' client, still sending when the connection ends, aborts a transport asyncio
+            # has already let go of ('NoneType' ... 'call_soon'): what it received is still there.
+            received = ws.protocol.close_rcvd
+            return received.code if received is not None else 1006
     return 1000
 
 
