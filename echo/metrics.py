@@ -50,6 +50,7 @@ COUNTERS = {
     "ws_aborted_total": "Connections aborted while being closed (still sending, or not ending), by reason",
     "ws_handshakes_refused_total": "WebSocket handshakes refused before the app saw them, by reason",
     "ws_revocations_failed_total": "Revocations that could not be sent to the sockets they close",
+    "http_refused_total": "HTTP requests refused before a view ran (foreign Host, slow headers), by reason",
 }
 
 LABEL_NAMES = {
@@ -60,6 +61,7 @@ LABEL_NAMES = {
     "ws_errors_total": "kind",
     "ws_aborted_total": "reason",
     "ws_handshakes_refused_total": "reason",
+    "http_refused_total": "reason",
 }
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

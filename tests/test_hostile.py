@@ -8,6 +8,7 @@ import json
 import random
 import re
 import socket
+import time
 
 import devenv
 import pytest
@@ -15,6 +16,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SERVER_COMMANDS
 from tests.support import Server, data_frames, http_get, metric, next_echo, start_server, stop, timeout
 
 
@@ -179,6 +181,50 @@ async def test_a_hostile_handshake_costs_one_short_log_line_and_a_count(producti
         lines = [line for line in log.splitlines() if f"127.0.0.1:{port}" in line]
         assert len(lines) == 1, (name, lines)
         assert len(lines[0]) < 250 and re.search(r" (WARNING|INFO) ", lines[0]), (name, lines[0])
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_foreign_host_and_slow_headers_cost_one_short_line_and_a_count(
+    server_env: dict[str, str],
+) -> None:
+    """A foreign ``Host`` (was a 30-line traceback at ERROR) and a slowloris (was a socket held for
+    ever: uvicorn has no deadline for headers) each get an answer, one short line and a count."""
+    env = {**server_env, "HTTP_HEADERS_TIMEOUT": "1"}
+    with start_server(SERVER_COMMANDS["production"], env) as server:
+        port, answer = await asyncio.to_thread(
+            raw_exchange_from, server.port, b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", False
+        )
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+        ports = {"foreign-host": port}
+        for name, start in (
+            ("slow-headers", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: a"),
+            ("silent", b""),
+        ):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=timeout(10)) as sock:
+                sock.sendall(start)
+                started = time.monotonic()
+                answer = await asyncio.to_thread(read_until_closed, sock)
+                assert answer.startswith(b"HTTP/1.1 408 "), (name, answer[:100])
+                assert time.monotonic() - started < timeout(5), name
+                ports[name] = sock.getsockname()[1]
+        await still_serving(server)
+        assert await asyncio.to_thread(metric, server, 'http_refused_total{reason="DisallowedHost"}') == 1
+        assert await asyncio.to_thread(metric, server, 'http_refused_total{reason="headers_timeout"}') == 2
+        stop(server.process)
+        log = server.output.drain()
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    lines = [line for line in log.splitlines() if "a.example" in line]
+    assert len(lines) == 1 and " WARNING " in lines[0] and "127.0.0.1" in lines[0], lines
+    assert len(lines[0]) < 250, lines[0]
+    for name in ("slow-headers", "silent"):
+        lines = [line for line in log.splitlines() if f"127.0.0.1:{ports[name]}" in line]
+        assert len(lines) == 1 and " WARNING " in lines[0] and len(lines[0]) < 250, (name, lines)
 
 
 @pytest.mark.parametrize(

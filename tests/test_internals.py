@@ -878,3 +878,50 @@ def test_the_production_requirements_hold_everything_they_pull_in_and_nothing_of
     development = pins("requirements-dev.txt")
     assert {"daphne", "twisted", "autobahn"} <= set(development)
     assert Path(ROOT / "Dockerfile").read_text().count("requirements-dev") == 0
+
+
+# ---------------------------------------------------------------- uvicorn: the HTTP protocol's deadline
+
+
+def test_uvicorn_takes_the_http_protocol_class_by_import_string() -> None:
+    config = uvicorn.Config(server.APPLICATION, **server.options("127.0.0.1", 0, 1))
+    config.load()
+    assert config.http_protocol_class is uvicorn_ws.HeadersDeadlineHttpProtocol
+
+
+async def empty_http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def http_protocol() -> tuple[uvicorn_ws.HeadersDeadlineHttpProtocol, FakeTransport]:
+    config = uvicorn.Config(empty_http_app, **{**server.options("127.0.0.1", 0, 1), "log_config": None})
+    config.load()
+    protocol = uvicorn_ws.HeadersDeadlineHttpProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def test_the_headers_deadline_runs_from_connection_made_until_on_headers_complete() -> None:
+    """uvicorn calls connection_made, then its parser on_message_begin and on_headers_complete from
+    data_received: the deadline is armed, kept across a partial request, and cancelled by the headers."""
+    protocol, _ = http_protocol()
+    armed = protocol.headers_deadline
+    assert armed is not None and protocol.loop is asyncio.get_running_loop()
+    protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: local")
+    assert protocol.headers_deadline is armed  # on_message_begin keeps the running deadline
+    protocol.data_received(b"host\r\n\r\n")
+    assert protocol.headers_deadline is None and armed.cancelled()
+    protocol.connection_lost(None)
+
+
+async def test_past_the_deadline_the_connection_gets_a_408_and_is_closed(monkeypatch: Any) -> None:
+    monkeypatch.setattr(uvicorn_ws, "HEADERS_SECONDS", 0.01)
+    protocol, transport = http_protocol()
+    protocol.data_received(b"GET / HTTP/1.1\r\nX-Slow: a")
+    async with asyncio.timeout(timeout(5)):
+        while not transport.closing:
+            await asyncio.sleep(0.01)
+    assert transport.take().startswith(b"HTTP/1.1 408 ")
+    assert protocol.client == ("127.0.0.1", 50000)

@@ -37,6 +37,7 @@ MAX_AUTO_WORKERS = 4
 APPLICATION = "wsproject.asgi:application"
 # uvicorn imports the protocol class by this name in each worker: its supported extension point.
 WS_PROTOCOL = "wsproject.uvicorn_ws:BoundedWebSocketProtocol"
+HTTP_PROTOCOL = "wsproject.uvicorn_ws:HeadersDeadlineHttpProtocol"
 
 
 def options(host: str, port: int, workers: int) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def options(host: str, port: int, workers: int) -> dict[str, Any]:
         "port": port,
         "workers": workers,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HTTP_PROTOCOL,  # httptools' parser, with a deadline for headers
         "ws": WS_PROTOCOL,
         # Frames above this are refused with close code 1009 (message too big).
         "ws_max_size": int(os.environ.get("WS_MAX_FRAME_BYTES", str(64 * 1024))),

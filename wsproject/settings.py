@@ -252,8 +252,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"routine": {"()": "wsproject.logfilters.DropRoutineConnectionLines"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["routine"]}},
+    "filters": {
+        "routine": {"()": "wsproject.logfilters.DropRoutineConnectionLines"},
+        "suspicious": {"()": "wsproject.logfilters.OneLineSuspiciousRequests"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["routine", "suspicious"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},

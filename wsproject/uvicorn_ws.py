@@ -1,7 +1,8 @@
-"""Everything the production server does inside uvicorn: its WebSocket protocol, subclassed.
+"""Everything the production server does inside uvicorn: its WebSocket and HTTP protocols, subclassed.
 
-uvicorn takes a WebSocket protocol class by import string (``Config(ws="wsproject.uvicorn_ws:..."``):
-its supported way to bring your own. The subclass overrides a few methods (each calls uvicorn's own)
+uvicorn takes its protocol classes by import string (``Config(ws="wsproject.uvicorn_ws:...",
+http="wsproject.uvicorn_ws:...")``): its supported way to bring your own. The subclasses override a
+few methods (each calls uvicorn's own)
 and relies on attributes uvicorn does not document; ``tests/test_internals.py`` has one contract test
 per method and attribute it uses, and the production server refuses any uvicorn or websockets
 version but the ones below (``wsproject/versions.py``). Upgrading: change the pins in
@@ -17,6 +18,7 @@ import os
 from collections.abc import Set
 from typing import Any, ClassVar, cast
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
@@ -47,6 +49,9 @@ STALLED_CLOSE_SECONDS = 2.0
 # a 4 MiB frame being refused with 1009 is still arriving) and for how long, before it is aborted.
 CLOSING_BYTES = 8 * 1024 * 1024
 CLOSING_SECONDS = 5.0
+# How long a request's headers may take to arrive, from the connection's start or the request's first
+# byte (uvicorn has no such limit: a client trickling a header a minute would hold its socket for ever).
+HEADERS_SECONDS = float(os.environ.get("HTTP_HEADERS_TIMEOUT", "10"))
 
 
 def compression_enabled() -> bool:
@@ -390,3 +395,53 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             if isinstance(c, BoundedWebSocketProtocol) and c.is_open() and c.writable.is_set()
         )
         logger.info("Closing %d WebSocket connections with %d", closing, CLOSE_GOING_AWAY)
+
+
+class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, with a deadline for each request's headers (a slowloris defence).
+
+    The deadline runs from the connection's start, and again from each later request's first byte,
+    until its headers are complete (a WebSocket upgrade included); past it the connection is closed
+    with a 408 and one log line. Between requests uvicorn's own keep-alive timeout applies.
+    """
+
+    headers_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.headers_deadline is None:
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self.headers_deadline = self.loop.call_later(HEADERS_SECONDS, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self.headers_deadline is not None:
+            self.headers_deadline.cancel()
+            self.headers_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self.headers_deadline = None
+        if self.transport.is_closing():
+            return
+        address = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+        logger.warning(
+            "Closed a connection from %s: no complete request headers within %gs", address, HEADERS_SECONDS
+        )
+        metrics.inc("http_refused_total", "headers_timeout")
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.close()
