@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -465,7 +466,12 @@ async def test_invalid_utf8_closes_with_1007_and_tells_the_app_without_a_traceba
     peer.client.send_text(b"\xff\xfe")
     peer.to_server()
     await loop_turns()
-    assert closes(peer.frames()) == [(1007, "invalid UTF-8")]
+    frames = peer.frames()
+    assert closes(frames) == [(1007, "invalid UTF-8")]
+    # Why, as an error frame just before the close, as the consumer's own refusals have.
+    assert [json.loads(f.data) for f in frames if f.opcode is Opcode.TEXT] == [
+        {"type": "error", "code": "invalid_utf8", "detail": "invalid UTF-8"}
+    ]
     assert peer.protocol.close_sent and peer.protocol.lingering
     assert peer.app.received[-1] == {"type": "websocket.disconnect", "code": 1007, "reason": "invalid UTF-8"}
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]

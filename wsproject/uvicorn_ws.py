@@ -31,6 +31,7 @@ from websockets.server import ServerProtocol
 
 from echo import metrics
 from echo.connections import CLOSE_GOING_AWAY, DIRECT_SEND_TEXT
+from echo.protocol import error_frame
 from wsproject import versions
 from wsproject.primitives import Flag, ReceiveQueue
 
@@ -49,6 +50,8 @@ STALLED_CLOSE_SECONDS = 2.0
 # a 4 MiB frame being refused with 1009 is still arriving) and for how long, before it is aborted.
 CLOSING_BYTES = 8 * 1024 * 1024
 CLOSING_SECONDS = 5.0
+# Closes the WebSocket layer decides itself, and the error frame's code sent before each.
+PROTOCOL_ERRORS = {1009: "frame_too_big", 1007: "invalid_utf8", 1002: "protocol_error", 1013: "stalled"}
 # How long a request's headers may take to arrive, from the connection's start or the request's first
 # byte (uvicorn has no such limit: a client trickling a header a minute would hold its socket for ever).
 HEADERS_SECONDS = float(os.environ.get("HTTP_HEADERS_TIMEOUT", "10"))
@@ -294,6 +297,10 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         assert self.conn.close_sent is not None
         code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if code in PROTOCOL_ERRORS and self.handshake_complete:
+            # As the consumer's own refusals do: an error frame saying why, just before the close.
+            error = error_frame(PROTOCOL_ERRORS[code], reason)
+            self.transport.write(Frame(Opcode.TEXT, error.encode()).serialize(mask=False, extensions=[]))
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self._linger()
