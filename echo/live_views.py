@@ -3,25 +3,18 @@
 The project mounts them (``wsproject/urls.py``): the page through ``admin.site.admin_view`` (others are
 sent to the admin's login), the JSON with its own check (others get 403). The numbers come from
 ``echo.live``; the page (``echo/static/echo/admin-live.js``) asks for them every second.
-``counting_publishes`` wraps the publish API's views to count each key's use.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from channels.layers import get_channel_layer
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 from echo import live
-from echo.apikeys import bearer_key, key_digest
 from echo.layer import RedisFanoutChannelLayer
 from echo.models import ApiKey
 
@@ -69,25 +62,3 @@ async def data(request: HttpRequest) -> JsonResponse:
 def _no_store(response: JsonResponse) -> JsonResponse:
     response["Cache-Control"] = "no-store"
     return response
-
-
-View = Callable[..., Awaitable[HttpResponse]]
-
-
-def counting_publishes(view: View) -> View:
-    """Wrap a publish API view: count what each key published (``live.record_publish``) and what was
-    refused, by error code. A key that published is valid: it is named by its digest, no query."""
-
-    @functools.wraps(view)
-    async def counted(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = await view(request, *args, **kwargs)
-        if response.status_code == 200:
-            key = bearer_key(request)
-            if key is not None:
-                body = json.loads(response.content)
-                live.record_publish(key_digest(key), len(body.get("published", [body])))
-        elif response.status_code >= 400 and response.get("Content-Type") == "application/json":
-            live.record_publish_refused(str(json.loads(response.content).get("error", response.status_code)))
-        return response
-
-    return counted

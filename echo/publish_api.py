@@ -29,6 +29,7 @@ from django.urls import register_converter
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
+from echo import live
 from echo.api import api_error
 from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, publish_grant
 from echo.broadcast import LayerNotShared, apublish
@@ -107,10 +108,12 @@ async def _answer(
         await _check_rate(key, len(messages))
         positions = await _publish_all(messages, idempotency)
     except ApiError as refused:
+        live.record_publish_refused(refused.code)
         response = api_error(refused.status, refused.code, refused.detail)
         for name, value in refused.headers.items():
             response[name] = value
         return response
+    live.record_publish(key.digest, len(messages))
     published = [_position(topic, position) for (topic, _), position in zip(messages, positions, strict=True)]
     return JsonResponse({"published": published} if batch else published[0])
 
