@@ -76,7 +76,9 @@ def measure(project: ProjectEnvironment, spec: ServerSpec, profile: str) -> Resu
             "API_RATE_LIMIT": RATE_LIMIT,
         }
         manage(env, "migrate", "--noinput", "-v", "0")
-        key = manage(env, "api_key", "create", "bench-" + uuid.uuid4().hex[:8]).splitlines()[-1]
+        key = manage(
+            env, "api_key", "create", "bench-" + uuid.uuid4().hex[:8], "--publish", "*"
+        ).splitlines()[-1]
         with running(spec, dataclasses.replace(project, env=env)) as server:
             baseline = push_data_rate(server, sizes.push_messages)
             single = http_rate(server, key, sizes.single_clients, sizes.seconds, batch=0)
