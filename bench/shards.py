@@ -483,7 +483,7 @@ def emit(event: str, **fields: Any) -> None:
 
 def new_layer(job: Result) -> Any:
     """The project's layer on the job's Redis and prefix, as the server and push_data make it."""
-    from echo.layer import RedisFanoutChannelLayer
+    from echo.layer.channel_layer import RedisFanoutChannelLayer
 
     return RedisFanoutChannelLayer([job["url"]], prefix=job["prefix"])
 

@@ -13,7 +13,7 @@ class EchoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from echo import revocation
+        from echo.access import revocation
 
         checks.register(check_topic_access)
         checks.register(check_required_apps)
@@ -32,7 +32,7 @@ def check_required_apps(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 
 def check_topic_access(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A mistake in WS_TOPIC_ACCESS stops every command at startup, not the first private connection."""
-    from echo.access import topic_access
+    from echo.access.rules import topic_access
 
     try:
         topic_access()

@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "WS_TOPIC_ACCESS": {"user-{user_id}": "owner", "user-*": "nobody", "*": "public"},
     # Seconds a connection token from POST /api/token is valid for.
     "WS_TOKEN_TTL": 300,
-    # Publish API (echo.publish_api): largest request body, and messages per second per key.
+    # Publish API (echo.publishing.http_api): largest request body, and messages per second per key.
     "API_MAX_BODY_BYTES": 256 * 1024,
     "API_RATE_LIMIT": 1000,
 }

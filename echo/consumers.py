@@ -13,13 +13,13 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
-from echo import connections, delivery, metrics
-from echo.access import topic_access
-from echo.auth import Credential, connection_reader
-from echo.capabilities import Capabilities, capabilities
+from echo.access.identity import Credential, connection_reader
+from echo.access.revocation import identity_group
+from echo.access.rules import topic_access
+from echo.access.tokens import PROTOCOL, TokenError, offered_token
 from echo.conf import app_settings as settings
-from echo.limits import FrameRateLimit, per_address
-from echo.presence import presence_for
+from echo.layer.capabilities import Capabilities, capabilities
+from echo.ops import metrics
 from echo.protocol import (
     RELAY_EVENT,
     error_frame,
@@ -28,9 +28,11 @@ from echo.protocol import (
     topic_group,
     warning_frame,
 )
-from echo.revocation import identity_group
-from echo.streams import TopicStreams, Verdict
-from echo.subscription import (
+from echo.ws import connections, delivery
+from echo.ws.limits import FrameRateLimit, per_address
+from echo.ws.presence import presence_for
+from echo.ws.streams import TopicStreams, Verdict
+from echo.ws.subscription import (
     CLOSE_FORBIDDEN,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNAUTHORIZED,
@@ -38,10 +40,9 @@ from echo.subscription import (
     Subscription,
     parse_subscription,
 )
-from echo.tokens import PROTOCOL, TokenError, offered_token
 
 if TYPE_CHECKING:
-    from echo.delivery import Delivery
+    from echo.ws.delivery import Delivery
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ class EchoConsumer(AsyncWebsocketConsumer):
     """One WebSocket connection: an echo of what the client sends, plus live data of chosen topics.
 
     On connect the client gets recent history (or exactly what it missed, with ``since``), then live
-    frames, with no gap and no duplicate between the two (``echo.streams``). Nothing a client sends
+    frames, with no gap and no duplicate between the two (``echo.ws.streams``). Nothing a client sends
     reaches anyone else. Runs on any Channels layer with groups; history, ``since`` and presence need
-    this project's layer (``echo.capabilities``).
+    this project's layer (``echo.layer.capabilities``).
     """
 
     subscription: Subscription
@@ -75,7 +76,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
     token_expiry: asyncio.TimerHandle | None = None
     credential: Credential | None = None  # who got in, if anyone: checked again on revocation events
     rate: FrameRateLimit | None = None  # made at the client's first frame: listeners never need one
-    # Set by echo.delivery on this project's layer when the server offers a synchronous send.
+    # Set by echo.ws.delivery on this project's layer when the server offers a synchronous send.
     delivery: Delivery | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -84,7 +85,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     @property
     def features(self) -> Capabilities:
-        """What the channel layer can do (``echo.capabilities``, looked up once per layer)."""
+        """What the channel layer can do (``echo.layer.capabilities``, looked up once per layer)."""
         return capabilities(self.channel_layer)
 
     @classmethod
@@ -101,7 +102,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         return functools.update_wrapper(app, cls, updated=())
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
-        """Channels' own loop on any layer; on this project's layer ``echo.delivery``'s, with no
+        """Channels' own loop on any layer; on this project's layer ``echo.ws.delivery``'s, with no
         task per message and pushed frames written straight to idle sockets.
 
         Returns the loop's coroutine rather than awaiting it, so that an idle connection does not
@@ -198,8 +199,8 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
         A client never believes it watches what it does not: one topic it may not read refuses them
         all (``forbidden``, 3003). Who it is comes from its connection token, else its session cookie
-        (``echo.auth``), looked up only if a topic is not public or a token is offered. A connection
-        that came with a token is closed when the token expires (``token_expired``, 3000).
+        (``echo.access.identity``), looked up only if a topic is not public or a token is offered. A
+        connection that came with a token is closed when the token expires (``token_expired``, 3000).
         """
         access = topic_access()
         topics = self.subscription.topics
@@ -236,7 +237,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         )
 
     async def identity_revoked(self, event: dict[str, Any]) -> None:
-        """Called when this connection's user or key may have lost its right (``echo.revocation``):
+        """Called when this connection's user or key may have lost its right (``echo.access.revocation``):
         check the credential again, and close if it no longer holds."""
         if self.credential is None or self.closing:
             return
@@ -352,7 +353,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
 
     def pace(self, max_rate: float | None) -> bool:
         """Called on connect with the client's ``max_rate``: have the layer pace its live frames, once
-        per process for every client of a topic and rate (``echo.conflation``); True if it does."""
+        per process for every client of a topic and rate (``echo.layer.conflation``); True if it does."""
         if max_rate is None or not self.features.attach:  # other layers cannot: every frame is sent
             return False
         self.channel_layer.pace(self.channel_name, max_rate)
@@ -396,7 +397,7 @@ class EchoConsumer(AsyncWebsocketConsumer):
         If Redis cannot be read, returns none and leaves the client's position as it is: the
         layer's resync catches up once Redis is back, and a live frame that finds a hole first
         closes the connection with 1013 (see ``handle_layer_events``). On a layer without history,
-        says so instead (see ``echo.capabilities``).
+        says so instead (see ``echo.layer.capabilities``).
         """
         if not self.features.numbered:
             return self._without_history(group)

@@ -1,4 +1,4 @@
-"""The app's one table: API keys for programs that publish over HTTP (``echo.apikeys``).
+"""The app's one table: API keys for programs that publish over HTTP (``echo.access.apikeys``).
 
 Users, groups and permissions are Django's own (``django.contrib.auth``); topics live in Redis.
 """
@@ -15,7 +15,7 @@ class ApiKey(models.Model):
     (``manage.py api_key create``). Keys are long random strings, so a fast digest is enough (no
     password hashing: nothing to guess). Its two grants are separate: ``publish_topics`` are the
     topics it may publish to, ``read_topics`` those its tokens may read (still narrowed by the topic
-    rules, ``echo.access``). Each is comma-separated patterns (``echo.patterns``); empty: none.
+    rules, ``echo.access``). Each is comma-separated patterns (``echo.access.patterns``); empty: none.
     """
 
     name = models.SlugField(max_length=64, unique=True)

@@ -1,8 +1,8 @@
 """The wire format and the names both sides agree on: frames, topics, groups, layer event types.
 
-The publisher (``echo.broadcast``) and the consumer (``echo.consumers``) both import this module and
-nothing of each other. A data frame is encoded to JSON text exactly once, here, by the publisher; the
-consumer relays that text to every client unchanged.
+The publisher (``echo.publishing.broadcast``) and the consumer (``echo.consumers``) both import this
+module and nothing of each other. A data frame is encoded to JSON text exactly once, here, by the
+publisher; the consumer relays that text to every client unchanged.
 """
 
 from __future__ import annotations
@@ -20,12 +20,6 @@ MAX_TOPICS_PER_CONNECTION = 16
 # Channel-layer event carrying one pre-encoded text frame, relayed unchanged by the consumer. A numbered
 # one (a data frame) also carries its ``group``, ``epoch`` and ``seq``.
 RELAY_EVENT = "relay.frame"
-
-# Channel-layer event the layer puts in a consumer's queue when that consumer fell too far behind.
-OVERFLOW_EVENT = "layer.overflow"
-
-# Channel-layer event the layer sends every local consumer after it reconnected to Redis.
-RESYNC_EVENT = "layer.resync"
 
 GROUP_PREFIX = "topic."
 

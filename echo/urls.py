@@ -4,8 +4,8 @@ A project includes them (``wsproject/urls.py``)."""
 
 from django.urls import path
 
-from echo.api import token, topics
-from echo.publish_api import publish, publish_batch
+from echo.access.views import token, topics
+from echo.publishing.http_api import publish, publish_batch
 from echo.views import index
 
 app_name = "echo"

@@ -15,8 +15,8 @@ import websockets
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 
-from echo.broadcast import Publisher
-from echo.redis_target import parse_redis_url
+from echo.layer.redis_target import parse_redis_url
+from echo.publishing.broadcast import Publisher
 from tests.support import ROOT, data_frames, http_get, spawn, start_server, stop, timeout
 from wsproject.asgi import application
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from echo.apikeys import authenticate_key, publish_grant, read_grant
+from echo.access.apikeys import authenticate_key, publish_grant, read_grant
 from echo.models import ApiKey
 from tests.publishing import api_key, unique_name
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 import websockets
 
-from echo.conflation import Conflation
-from echo.subscription import ClientError, parse_subscription
+from echo.layer.conflation import Conflation
+from echo.ws.subscription import ClientError, parse_subscription
 from tests.support import Server, data_frames, next_echo, spawn, stop, timeout
 
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from echo import broadcast
-from echo.broadcast import Publisher
 from echo.protocol import DEFAULT_TOPIC, topic_group
+from echo.publishing import broadcast
+from echo.publishing.broadcast import Publisher
 from tests.support import data_frames
 from wsproject.asgi import application
 

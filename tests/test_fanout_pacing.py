@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from echo.fanout import FanoutStats, LocalFanout
+from echo.layer.fanout import FanoutStats, LocalFanout
 from tests.support import timeout
 
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from echo import feeds
 from echo.protocol import validate_values
+from echo.publishing import feeds
 
 
 def take(source, n):

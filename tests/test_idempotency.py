@@ -16,10 +16,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from echo.broadcast import Publisher, new_idempotency_key
-from echo.layer import RedisFanoutChannelLayer
+from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.protocol import topic_group
-from echo.pump import Pump
+from echo.publishing.broadcast import Publisher, new_idempotency_key
+from echo.publishing.pump import Pump
 from tests.publishing import create_key, request
 from tests.support import Server, timeout
 

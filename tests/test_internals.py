@@ -33,7 +33,7 @@ from websockets.http11 import Response
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from echo.connections import DIRECT_SEND_TEXT
+from echo.ws.connections import DIRECT_SEND_TEXT
 from tests.support import ROOT, next_echo, start_server, stop, timeout
 from tests.test_primitives import loop_turns
 from wsproject import server, uvicorn_ws, versions

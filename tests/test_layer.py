@@ -9,9 +9,9 @@ import socket
 import pytest
 from redis.exceptions import RedisError
 
-from echo.layer import RedisFanoutChannelLayer
-from echo.protocol import OVERFLOW_EVENT
-from echo.redis_link import redact_url
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.events import OVERFLOW_EVENT
+from echo.layer.redis_link import redact_url
 
 REDIS_URL = os.environ["REDIS_URL"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import websockets
 
-from echo.patterns import MAX_WILDCARDS, PatternError, parse
+from echo.access.patterns import MAX_WILDCARDS, PatternError, parse
 from tests.accounts import Browser, create_accounts, new_account
 from tests.conftest import ROOT, SERVER_COMMANDS
 from tests.publishing import api_key, create_key, unique_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from echo.limits import AddressCap, counting_key
+from echo.ws.limits import AddressCap, counting_key
 
 
 @pytest.mark.parametrize(

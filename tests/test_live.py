@@ -1,8 +1,8 @@
-"""echo.live against a real Redis: what each process reports, and the snapshot the admin's live view reads.
+"""echo.ops.live against a real Redis: what each process reports, and the snapshot the live view reads.
 
 Each test has a layer prefix of its own, so other tests' topics, processes and keys never show up; the
 publishing is the real one (``group_send_numbered`` through the Lua script, presence through
-``echo.presence``). Counts asserted are the ones this test caused (the process-wide counters are
+``echo.ws.presence``). Counts asserted are the ones this test caused (the process-wide counters are
 read before and after).
 """
 
@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.exceptions import RedisError
 
-from echo import live, metrics
-from echo.layer import RedisFanoutChannelLayer
-from echo.presence import Presence
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.ops import live, metrics
 from echo.protocol import encode_data_frame_around_position, topic_group
+from echo.ws.presence import Presence
 from tests.support import timeout
 
 REDIS_URL = os.environ["REDIS_URL"]

@@ -18,7 +18,7 @@ import devenv
 import pytest
 import websockets
 
-from echo.metrics import COUNTERS
+from echo.ops.metrics import COUNTERS
 from tests.nginx import require_nginx, start_nginx
 from tests.support import Server, http_get, next_echo, start_server, timeout
 

@@ -18,8 +18,8 @@ import websockets
 from django.core import signing
 from websockets.exceptions import ConnectionClosed
 
-from echo.broadcast import Publisher
-from echo.layer import RedisFanoutChannelLayer
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.publishing.broadcast import Publisher
 from tests.accounts import Browser, create_accounts, new_account
 from tests.conftest import SERVER_COMMANDS
 from tests.postgres import postgres_url  # noqa: F401 - a fixture

@@ -14,7 +14,7 @@ import pytest
 import websockets
 from channels.layers import InMemoryChannelLayer
 
-from echo.apikeys import KeyRateLimit
+from echo.access.apikeys import KeyRateLimit
 from echo.models import ApiKey
 from tests.conftest import SERVER_COMMANDS
 from tests.publishing import api_key, create_key, publish, publish_batch, request, unique_name

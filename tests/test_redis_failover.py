@@ -21,8 +21,9 @@ import pytest
 from redis.crc import key_slot
 from redis_topology import RedisNode
 
-from echo.layer import RedisFanoutChannelLayer
-from echo.protocol import RESYNC_EVENT, topic_group
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.events import RESYNC_EVENT
+from echo.protocol import topic_group
 from tests import chaos
 from tests.chaos_check import ClientLog, Data, Published, Reset, check, final_positions
 from tests.publishing import create_key, publish

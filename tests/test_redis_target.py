@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from echo.layer import RedisFanoutChannelLayer
-from echo.redis_target import parse_redis_url
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.redis_target import parse_redis_url
 from tests.redis_process import RedisProcess
 from tests.support import timeout
 

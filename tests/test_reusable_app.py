@@ -127,7 +127,7 @@ from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
-from echo.broadcast import publish
+from echo.publishing.broadcast import publish
 from shop.models import Order
 
 

@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from echo.broadcast import Publisher
 from echo.protocol import Position, topic_group
+from echo.publishing.broadcast import Publisher
 from tests.support import data_frames
 from wsproject.asgi import application
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from echo.protocol import TOPIC_PATTERN, Position
-from echo.subscription import ClientError, Subscription, parse_subscription
+from echo.ws.subscription import ClientError, Subscription, parse_subscription
 
 
 def parse(query: str | bytes) -> Subscription:

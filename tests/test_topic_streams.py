@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from echo.history import History
+from echo.layer.history import History
 from echo.protocol import Position
-from echo.streams import TopicStreams, Verdict
+from echo.ws.streams import TopicStreams, Verdict
 
 GROUP = "topic.prices"
 

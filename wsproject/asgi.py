@@ -13,7 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from echo.consumers import EchoConsumer  # noqa: E402
-from echo.probes import with_probes  # noqa: E402
+from echo.ops.probes import with_probes  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
 from wsproject.origin import browser_origin_validator  # noqa: E402
 

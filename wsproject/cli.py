@@ -155,7 +155,7 @@ def redis_problem(url: str, seconds: float = 1.0) -> str | None:
     ``seconds``, else what went wrong."""
     import redis
 
-    from echo.redis_target import parse_redis_url
+    from echo.layer.redis_target import parse_redis_url
 
     try:
         parse_redis_url(url).sync_ping(seconds)
@@ -176,7 +176,7 @@ def warn_without_redis(program: str) -> None:
     problem = redis_problem(url)
     if problem is None:
         return
-    from echo.redis_link import redact_url
+    from echo.layer.redis_link import redact_url
 
     where = f"REDIS_URL={redact_url(url)}" if os.environ.get("REDIS_URL") else redact_url(url)
     print(

@@ -2,7 +2,7 @@
 
 import logging
 
-from echo import metrics
+from echo.ops import metrics
 
 ROUTINE = ("connection open", "connection closed")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from echo import metrics
+from echo.ops import metrics
 from wsproject import uvicorn_ws
 from wsproject.cli import configuration_errors, fail, load_settings
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from echo.redis_target import parse_redis_url
+from echo.layer.redis_target import parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from echo import live_views
+from echo.ops import live_views
 
 urlpatterns = [
     # Before the admin's own URLs, which would answer 404 for them. Staff only, both.

@@ -29,9 +29,9 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from echo import metrics
-from echo.connections import CLOSE_GOING_AWAY, DIRECT_SEND_TEXT
+from echo.ops import metrics
 from echo.protocol import error_frame
+from echo.ws.connections import CLOSE_GOING_AWAY, DIRECT_SEND_TEXT
 from wsproject import versions
 from wsproject.primitives import Flag, ReceiveQueue
 

@@ -1,4 +1,4 @@
-"""``manage.py api_key create|list|revoke``: the API keys programs publish with (``echo.apikeys``)."""
+"""``manage.py api_key create|list|revoke``: the API keys programs publish with (``echo.access.apikeys``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from echo.apikeys import ApiKeyError, create_key, revoke_key
+from echo.access.apikeys import ApiKeyError, create_key, revoke_key
 from echo.models import ApiKey
 
 

@@ -12,11 +12,11 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from echo import feeds
-from echo.broadcast import LayerNotShared, Publisher
+from echo.layer.redis_link import redact_url
 from echo.protocol import FrameError, Position, validate_topic
-from echo.pump import Pump, paced, stdin_lines
-from echo.redis_link import redact_url
+from echo.publishing import feeds
+from echo.publishing.broadcast import LayerNotShared, Publisher
+from echo.publishing.pump import Pump, paced, stdin_lines
 
 MAX_RATE = 10_000.0
 

@@ -1,6 +1,6 @@
 """``/healthz`` and ``/metrics``: answered in ASGI before Django, for load balancers and scrapers.
 
-Wrapping the application also starts this process's reports to the admin's live view (``echo.live``).
+Wrapping the application also starts this process's reports to the admin's live view (``echo.ops.live``).
 
 They sit in front of Django on purpose: a probe must work whatever ``Host`` header the prober sends
 (``ALLOWED_HOSTS`` would refuse 127.0.0.1 in production) and must not cost a request cycle.
@@ -16,8 +16,9 @@ from typing import Any
 from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
-from echo import connections, live, metrics
-from echo.layer import RedisFanoutChannelLayer
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.ops import live, metrics
+from echo.ws import connections
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 PING_TIMEOUT = 2.0

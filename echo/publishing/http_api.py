@@ -1,15 +1,15 @@
-"""The HTTP publish API: programs that are not Django publish with an API key (``echo.apikeys``).
+"""The HTTP publish API: programs that are not Django publish with an API key (``echo.access.apikeys``).
 
 ``POST /api/publish/<topic>``: the body is one message's values, what one line of
 ``push_data --source stdin`` takes (a JSON object of numbers, or one number for series ``value``);
 answers ``{"topic", "epoch", "seq"}``. ``POST /api/publish``: ``{"messages": [{"topic", "values"},
 ...]}``, at most ``MAX_BATCH``, validated as a whole before any is published; answers
 ``{"published": [{"topic", "epoch", "seq"}, ...]}`` in order. Both publish through
-``echo.broadcast.apublish``: the numbering, history and delivery of ``push_data``.
+``echo.publishing.broadcast.apublish``: the numbering, history and delivery of ``push_data``.
 
 A request may carry an ``Idempotency-Key`` header (1 to ``MAX_IDEMPOTENCY_HEADER`` printable ASCII
 characters, no spaces): the same request sent again with the same key and the same API key within
-``echo.history.IDEMPOTENCY_SECONDS`` publishes nothing new and answers the first one's positions, so a
+``echo.layer.history.IDEMPOTENCY_SECONDS`` publishes nothing new and answers the first one's positions, so a
 client whose request timed out can retry it safely.
 
 A refusal is an ``ApiError`` raised anywhere below and turned into ``{"error", "detail"}`` JSON in one
@@ -29,16 +29,16 @@ from django.urls import register_converter
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
-from echo import live
-from echo.api import api_error
-from echo.apikeys import KeyRateLimit, authenticate_key, bearer_key, publish_grant
-from echo.broadcast import LayerNotShared, apublish
+from echo.access.apikeys import KeyRateLimit, authenticate_key, bearer_key, publish_grant
+from echo.access.patterns import matches_any
+from echo.access.views import api_error
 from echo.conf import app_settings
-from echo.feeds import parse_line
-from echo.history import valid_idempotency_key
+from echo.layer.history import valid_idempotency_key
 from echo.models import ApiKey
-from echo.patterns import matches_any
+from echo.ops import live
 from echo.protocol import FrameError, Position, validate_topic, validate_values
+from echo.publishing.broadcast import LayerNotShared, apublish
+from echo.publishing.feeds import parse_line
 
 MAX_BATCH = 1000
 MAX_IDEMPOTENCY_HEADER = 100

@@ -10,7 +10,7 @@
 
 The first pattern (in order) that a topic matches decides; a topic that matches none is refused, and
 so is an unknown rule or a malformed pattern (``ImproperlyConfigured``, and ``echo.E001`` from
-``manage.py check``). Patterns are ``echo.patterns``'. Rules: ``public`` (anyone), ``authenticated``
+``manage.py check``). Patterns are ``echo.access.patterns``'. Rules: ``public`` (anyone), ``authenticated``
 (logged-in users), ``owner`` (the user whose id the pattern's ``{user_id}`` matched), ``staff``,
 ``perm:<app_label>.<codename>``, ``group:<name>``, ``nobody``. Superusers may read every topic but
 ``nobody``'s.
@@ -30,8 +30,8 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from echo.access.patterns import PatternError, TopicPattern, matches_any, parse
 from echo.conf import app_settings
-from echo.patterns import PatternError, TopicPattern, matches_any, parse
 
 PUBLIC = "public"
 SIMPLE_RULES = frozenset({PUBLIC, "authenticated", "owner", "staff", "nobody"})

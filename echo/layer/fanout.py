@@ -9,9 +9,9 @@ rather than lose data silently.
 A consumer can take events in two ways, and a channel says which: wait in ``receive`` (Channels'
 own way, every consumer), or be called back (``on_queued``) and take everything waiting at once,
 optionally offered each event synchronously first (``direct``) while its queue is empty. The
-second way is what ``echo.delivery`` uses, so that an idle connection keeps no task waiting.
+second way is what ``echo.ws.delivery`` uses, so that an idle connection keeps no task waiting.
 
-A channel may be paced (``max_rate``, ``echo.conflation``): its groups' numbered events then reach it
+A channel may be paced (``max_rate``, ``echo.layer.conflation``): its groups' numbered events then reach it
 through one ``Pace`` per group and rate, shared by every such channel of the process, which passes on
 the newest event when one is due; the events in between cost nothing per channel.
 """
@@ -23,8 +23,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from echo.conflation import Conflation
-from echo.protocol import OVERFLOW_EVENT
+from echo.layer.conflation import Conflation
+from echo.layer.events import OVERFLOW_EVENT
 
 logger = logging.getLogger(__name__)
 

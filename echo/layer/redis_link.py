@@ -7,7 +7,7 @@ on them meanwhile was missed, and the layer's consumers catch up from history. S
 (briefly) for Redis to confirm, so that a consumer that joined a group really receives what is
 published next.
 
-One server and a Sentinel-watched master (``echo.redis_target``) need one subscription connection
+One server and a Sentinel-watched master (``echo.layer.redis_target``) need one subscription connection
 (after a failover it reconnects to the master the Sentinels name). A Cluster delivers each channel
 only on the shard that owns its hash slot (sharded pub/sub), so ``ShardedRedisLink`` keeps one
 connection per shard it needs, and moves a shard's channels to whichever node owns them after a
@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from echo.redis_target import RedisTarget
+from echo.layer.redis_target import RedisTarget
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ values that are states, like prices and gauges, over slow links). Replayed histo
 ``since=``) is not conflated.
 
 On this project's layer the pacing happens once per process for every (topic, rate) its clients ask
-for (``echo.fanout``): a message left out costs nothing per client, and those clients' streams accept
+for (``echo.layer.fanout``): a message left out costs nothing per client, and those clients' streams accept
 seqs that skip forward (``TopicStreams(skips=True)``). Other layers cannot pace: their clients get
 every frame, and a warning frame saying so.
 """

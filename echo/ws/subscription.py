@@ -48,7 +48,7 @@ class Subscription:
     topics: tuple[str, ...] = (DEFAULT_TOPIC,)
     history: int = 0
     since: dict[str, Position] = field(default_factory=dict)
-    max_rate: float | None = None  # live frames per second per topic, at most (echo.conflation)
+    max_rate: float | None = None  # live frames per second per topic, at most (echo.layer.conflation)
 
 
 def parse_subscription(query_string: bytes, *, default_history: int, max_history: int) -> Subscription:

@@ -1,6 +1,6 @@
 """The stream contract of one connection: where its client stands in each topic, and what to send next.
 
-A topic's frames are numbered by Redis (``echo.history``): ``seq`` counts 1, 2, 3... within an
+A topic's frames are numbered by Redis (``echo.layer.history``): ``seq`` counts 1, 2, 3... within an
 ``epoch``, and a new epoch starts at 1 whenever Redis no longer has the topic's counter (it restarted
 empty, say). A client's position in a topic is therefore (epoch, seq), and what it is owed is:
 
@@ -33,7 +33,7 @@ class Verdict(Enum):
 
 
 class History(Protocol):
-    """A topic's stream as Redis had it at one moment (``echo.history.History``)."""
+    """A topic's stream as Redis had it at one moment (``echo.layer.history.History``)."""
 
     @property
     def epoch(self) -> str | None: ...

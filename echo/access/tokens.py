@@ -3,7 +3,7 @@
 A token names a user (or an API key) and, optionally, the only topics it may be used for, and carries
 its own expiry time. It is signed with ``SECRET_KEY`` (Django's ``signing``, so ``SECRET_KEY_FALLBACKS``
 rotation works) and readable by anyone who holds it: it says who, never a secret. Issued by
-``POST /api/token`` (``echo.api``); checked by the consumer on connect (``echo.auth``).
+``POST /api/token`` (``echo.access.views``); checked by the consumer on connect (``echo.access.identity``).
 
 A token travels in the ``Sec-WebSocket-Protocol`` header, offered beside the app's protocol name::
 

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
-from echo.capabilities import capabilities
-from echo.history import valid_idempotency_key
+from echo.layer.capabilities import capabilities
+from echo.layer.history import valid_idempotency_key
 from echo.protocol import (
     RELAY_EVENT,
     FrameError,
@@ -59,7 +59,7 @@ class Publisher:
     On this project's layer each frame's position comes from Redis: an ``epoch`` and a ``seq``
     counting within it, one stream per topic shared by every publisher, in the same order as live
     delivery and the topic's history (the layer's "numbered" extension). On another Channels layer
-    the frame goes out with plain ``group_send``, without a position or history (``echo.capabilities``).
+    the frame goes out with plain ``group_send``, without a position or history (``echo.layer.capabilities``).
     A failed publish (Redis unreachable) raises, and may or may not have gone out (the answer can be
     lost after Redis ran it): publish again with the same ``idempotency_key`` to get exactly one.
     """
@@ -78,7 +78,7 @@ class Publisher:
         """Publish one frame of ``values`` on ``topic``; return its position (``epoch``, ``seq``).
 
         A second publish on ``topic`` with the same ``idempotency_key`` (``new_idempotency_key()``)
-        within ``echo.history.IDEMPOTENCY_SECONDS`` publishes nothing and returns the first one's
+        within ``echo.layer.history.IDEMPOTENCY_SECONDS`` publishes nothing and returns the first one's
         position. The position is ``Position(None, 0)`` on a layer that does not number messages (and
         keeps no keys either). Raises ``FrameError`` for a bad topic, values or key, and the layer's
         error (``redis.RedisError``, ``OSError``) when Redis cannot be reached.

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from channels.exceptions import StopConsumer
 
-from echo import metrics
-from echo.connections import DIRECT_SEND_TEXT
+from echo.ops import metrics
 from echo.protocol import RELAY_EVENT
-from echo.streams import Verdict
+from echo.ws.connections import DIRECT_SEND_TEXT
+from echo.ws.streams import Verdict
 
 if TYPE_CHECKING:
     from echo.consumers import EchoConsumer

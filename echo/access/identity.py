@@ -4,7 +4,7 @@ The consumer asks only when a connection wants a topic that is not public (``ech
 a token, so a public connection costs no session or user query. A project that wraps its WebSocket
 routes in Channels' ``AuthMiddlewareStack`` gets that ``scope["user"]`` used instead of the cookie.
 
-Who got in is kept as a ``Credential``. When something may have taken it back (``echo.revocation``:
+Who got in is kept as a ``Credential``. When something may have taken it back (``echo.access.revocation``:
 a user deactivated, deleted, logged out or given a new password, a key revoked) the consumer asks
 ``Credential.revoked``, which looks again at the database and answers why the connection must close.
 """
@@ -23,11 +23,11 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.cookie import parse_cookie
 from django.utils.crypto import salted_hmac
 
-from echo import tokens
-from echo.access import Reader
-from echo.apikeys import read_grant
+from echo.access import tokens
+from echo.access.apikeys import read_grant
+from echo.access.rules import Reader
 from echo.models import ApiKey
-from echo.subscription import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ClientError
+from echo.ws.subscription import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ClientError
 
 KEY_ID_LENGTH = 16  # hex digits of a key's digest that name it in a token (64 bits)
 

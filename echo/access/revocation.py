@@ -3,7 +3,7 @@
 Each connection let in by a session or a token joins its identity's group (``identity_group``). When
 Django says an identity may have lost its right (a user saved, deactivated, deleted or logged out; an
 API key deleted), ``REVOKED_EVENT`` goes to that group through the channel layer, after the
-transaction commits, and each member checks its own credential again (``echo.auth.Credential``) and
+transaction commits, and each member checks its own credential again (``echo.access.identity.Credential``) and
 closes if it no longer holds: 3003 when it is final, 3000 when a new token would do.
 
 Signals are the hook, so a change made without them (``QuerySet.update(is_active=False)``) closes
@@ -24,10 +24,10 @@ from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from echo import metrics
-from echo.auth import Credential, key_id, session_digest
-from echo.broadcast import group_send_from_sync
+from echo.access.identity import Credential, key_id, session_digest
 from echo.models import ApiKey
+from echo.ops import metrics
+from echo.publishing.broadcast import group_send_from_sync
 
 logger = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ def identity_group(credential: Credential) -> str:
 
 def connect_signals() -> None:
     """Called once, from the app's ``ready``."""
-    post_save.connect(_user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="echo.revocation.saved")
-    post_delete.connect(
-        _user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="echo.revocation.deleted"
+    post_save.connect(
+        _user_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="echo.access.revocation.saved"
     )
-    post_delete.connect(_key_deleted, sender=ApiKey, dispatch_uid="echo.revocation.key")
-    user_logged_out.connect(_logged_out, dispatch_uid="echo.revocation.logout")
+    post_delete.connect(
+        _user_deleted, sender=settings.AUTH_USER_MODEL, dispatch_uid="echo.access.revocation.deleted"
+    )
+    post_delete.connect(_key_deleted, sender=ApiKey, dispatch_uid="echo.access.revocation.key")
+    user_logged_out.connect(_logged_out, dispatch_uid="echo.access.revocation.logout")
 
 
 def _user_saved(sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any) -> None:

@@ -2,7 +2,7 @@
 
 The project mounts them (``wsproject/urls.py``): the page through ``admin.site.admin_view`` (others are
 sent to the admin's login), the JSON with its own check (others get 403). The numbers come from
-``echo.live``; the page (``echo/static/echo/admin-live.js``) asks for them every second.
+``echo.ops.live``; the page (``echo/static/echo/admin-live.js``) asks for them every second.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
-from echo import live
-from echo.layer import RedisFanoutChannelLayer
+from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.models import ApiKey
+from echo.ops import live
 
 POLL_MILLISECONDS = 1000
 

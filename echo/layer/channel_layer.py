@@ -11,10 +11,10 @@ Why not channels-redis as it is (the README has the measurements):
 
 This layer keeps the pub/sub shape and removes the per-member work: a process subscribes once per group
 with members in it (plus once for its own specific channels), deserialises each message once, and hands
-the same event dict to each local member (``echo.fanout``). Handlers must not mutate an event. It is
-assembled from three parts, one concern each: ``echo.redis_link`` (the connections and the reader that
-reconnects), ``echo.fanout`` (local channels, groups, bounded queues) and ``echo.history`` (numbered
-messages and their history: the "numbered" extension).
+the same event dict to each local member (``fanout``). Handlers must not mutate an event. It is
+assembled from three parts of this package, one concern each: ``redis_link`` (the connections and the
+reader that reconnects), ``fanout`` (local channels, groups, bounded queues) and ``history``
+(numbered messages and their history: the "numbered" extension).
 
 Limits, on purpose:
 
@@ -23,7 +23,7 @@ Limits, on purpose:
   they catch up from history. Group membership is live (no ``group_expiry``).
 * Each channel holds at most ``capacity`` events; past that its consumer gets ``OVERFLOW_EVENT``.
 
-Redis may be one server, a Sentinel-watched master or a Cluster (``echo.redis_target``). Every Redis
+Redis may be one server, a Sentinel-watched master or a Cluster (``echo.layer.redis_target``). Every Redis
 name of a group carries the group as a hash tag, so on a Cluster a group's channel and keys share one
 shard; there live messages use sharded pub/sub and each process subscribes on the shards it needs.
 """
@@ -42,11 +42,11 @@ import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
-from echo.fanout import Event, FanoutStats, LocalFanout
-from echo.history import History, HistoryStore, group_key
-from echo.protocol import RESYNC_EVENT
-from echo.redis_link import RedisLink, ShardedRedisLink
-from echo.redis_target import parse_redis_url
+from echo.layer.events import RESYNC_EVENT
+from echo.layer.fanout import Event, FanoutStats, LocalFanout
+from echo.layer.history import History, HistoryStore, group_key
+from echo.layer.redis_link import RedisLink, ShardedRedisLink
+from echo.layer.redis_target import parse_redis_url
 
 
 class LayerStats(FanoutStats):
@@ -248,7 +248,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
 
     def pace(self, channel: str, max_rate: float) -> None:
         """Pass a local channel at most ``max_rate`` numbered events per second of each group it joins
-        from now on: the newest when one is due (``echo.conflation``), paced once per process for
+        from now on: the newest when one is due (``echo.layer.conflation``), paced once per process for
         every channel of the same group and rate."""
         local = self._state().fanout.channels.get(channel)
         if local is not None:
@@ -276,7 +276,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         the position, ``(epoch, seq)``: ``seq`` rises by one per group across all publishers within
         one epoch; a new epoch starts at 1 when Redis no longer has the group's counter. Members
         receive ``{"type": event_type, "text": ..., "seq": seq, "epoch": epoch, "group": group}``.
-        A second send with the same ``idempotency_key`` within ``echo.history.IDEMPOTENCY_SECONDS``
+        A second send with the same ``idempotency_key`` within ``echo.layer.history.IDEMPOTENCY_SECONDS``
         returns the first one's position and sends nothing.
         """
         self.require_valid_group_name(group)
@@ -290,7 +290,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     async def group_history(self, group: str, *, after: int | None = None, last: int = 0) -> History:
         """The group's position and kept texts: ``after`` a seq of its epoch, else the newest ``last``.
 
-        Read in one transaction; identical concurrent reads share one round trip (``echo.history``).
+        Read in one transaction; identical concurrent reads share one round trip (``echo.layer.history``).
         """
         return await self._state().history.read(group, after=after, last=last)
 

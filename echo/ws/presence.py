@@ -22,9 +22,9 @@ from collections import Counter
 
 from redis.exceptions import RedisError
 
-from echo.layer import RedisFanoutChannelLayer
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.redis_link import raise_if_cancelling
 from echo.protocol import MAX_PRESENCE_USERS, presence_frame, relay_event, topic_group
-from echo.redis_link import raise_if_cancelling
 
 logger = logging.getLogger(__name__)
 

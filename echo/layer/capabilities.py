@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 class Capabilities:
     numbered: bool  # numbered frames, history and since recovery (group_send_numbered, group_history)
     presence: bool  # viewer counts shared through Redis
-    attach: bool  # consumers called back without a task waiting in receive() (echo.delivery)
+    attach: bool  # consumers called back without a task waiting in receive() (echo.ws.delivery)
 
 
 _known: dict[int, Capabilities] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # ASGI extension the production server (wsproject/uvicorn_ws.py) offers in a WebSocket's scope: a
 # function that writes a text frame now, if the socket is open and writable, and says whether it did.
-# Consumers on other servers use the normal ``send`` (echo/delivery.py).
+# Consumers on other servers use the normal ``send`` (echo/ws/delivery.py).
 DIRECT_SEND_TEXT = "x-direct-send-text"
 
 # RFC 6455: the server is going away; clients reconnect (to another replica behind the balancer).

@@ -1,7 +1,7 @@
-"""What is flowing now, for the admin's live view (``echo.live_views``): reported by every server process
+"""What is flowing now, for the admin's live view (``echo.ops.live_views``): reported by every server process
 to Redis, read back in one snapshot.
 
-Each server process runs a ``Reporter`` thread (started with the application: ``echo.probes``) that
+Each server process runs a ``Reporter`` thread (started with the application: ``echo.ops.probes``) that
 every ``REPORT_SECONDS`` writes its own field of the hash ``<prefix>:{live}:processes``: host, pid,
 connections open, and its refusals and drops by reason, since it started and over the last
 ``RECENT_SECONDS``. A field carries its expiry time, and readers skip it (and remove it) once past, so
@@ -11,7 +11,7 @@ counted since the last report (``record_publish``: a dict add in the request, no
 counted in its last ``REPORT_SECONDS`` before dying is lost.
 
 Topics are not reported: ``snapshot`` reads them where they live, the numbered groups' counters, epochs
-and histories (``echo.history``) and their presence hashes (``echo.presence``). A topic's rate is
+and histories (``echo.layer.history``) and their presence hashes (``echo.ws.presence``). A topic's rate is
 measured by the process that answers, between its own snapshots (``RateMeter``): the first answer of a
 process shows none.
 """
@@ -32,11 +32,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from echo import connections, metrics
-from echo.layer import RedisFanoutChannelLayer
-from echo.presence import watchers
+from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.redis_target import RedisTarget
+from echo.ops import metrics
 from echo.protocol import GROUP_PREFIX, group_topic
-from echo.redis_target import RedisTarget
+from echo.ws import connections
+from echo.ws.presence import watchers
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ RECENT_SECONDS = 60.0
 MAX_TOPICS = 200  # a snapshot lists at most this many topics (by name), and says how many there are
 RATE_WINDOW_SECONDS = 10.0
 
-# Counters (echo.metrics) shown as refusals and as drops, by their reason label. Counters another
+# Counters (echo.ops.metrics) shown as refusals and as drops, by their reason label. Counters another
 # version of the server does not have yet count nothing.
 REFUSAL_COUNTERS = ("ws_refused_total", "ws_handshakes_refused_total")
 DROP_COUNTERS = ("ws_dropped_total",)

@@ -21,10 +21,10 @@ from typing import IO
 
 from redis.exceptions import RedisError
 
-from echo.broadcast import Publisher, new_idempotency_key
-from echo.feeds import BadLine, Values, parse_line
+from echo.layer.redis_link import raise_if_cancelling, redact_url
 from echo.protocol import FrameError, Position
-from echo.redis_link import raise_if_cancelling, redact_url
+from echo.publishing.broadcast import Publisher, new_idempotency_key
+from echo.publishing.feeds import BadLine, Values, parse_line
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from django.core.validators import validate_slug
 from django.db import IntegrityError
 from django.http import HttpRequest
 
-from echo.layer import RedisFanoutChannelLayer
+from echo.access.patterns import PatternError, parse_list
+from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.models import ApiKey
-from echo.patterns import PatternError, parse_list
 
 KEY_PREFIX = "ek_"
 NAME_MAX_LENGTH = 64
@@ -118,7 +118,7 @@ def create_key(name: str, *, publish: str = "", read: str = "") -> tuple[ApiKey,
 
 def revoke_key(name: str) -> None:
     """Delete the key named ``name``: requests with it are refused from the next one on, and the
-    sockets opened with its tokens are closed (``echo.revocation``)."""
+    sockets opened with its tokens are closed (``echo.access.revocation``)."""
     deleted, _ = ApiKey.objects.filter(name=name).delete()
     if not deleted:
         raise ApiKeyError(f"no API key named {name!r}")

@@ -12,13 +12,13 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 from redis.exceptions import RedisError
 
-from echo import tokens
-from echo.access import Reader, topic_access
-from echo.apikeys import authenticate_key, bearer_key, read_grant
-from echo.auth import key_id, password_stamp
-from echo.capabilities import capabilities
+from echo.access import tokens
+from echo.access.apikeys import authenticate_key, bearer_key, read_grant
+from echo.access.identity import key_id, password_stamp
+from echo.access.patterns import PatternError, parse
+from echo.access.rules import Reader, topic_access
 from echo.conf import app_settings
-from echo.patterns import PatternError, parse
+from echo.layer.capabilities import capabilities
 from echo.protocol import GROUP_PREFIX, group_topic
 
 MAX_TOKEN_TOPICS = 64
@@ -83,7 +83,7 @@ async def topics(request: HttpRequest) -> JsonResponse:
 @csrf_exempt  # an API key is no cookie; the session case is CSRF-checked (csrf_protect) below
 @require_POST
 async def token(request: HttpRequest) -> JsonResponse:
-    """Issue a short-lived connection token (``echo.tokens``) to a logged-in user or an API key holder.
+    """Issue a short-lived connection token (``echo.access.tokens``) to a logged-in user or an API key holder.
 
     The body may be empty or ``{"topics": ["pattern", ...]}`` to narrow the token to those topics.
     Answers ``{"token", "expires", "expires_in", "protocols"}``: ``protocols`` is what to pass to
