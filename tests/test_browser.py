@@ -609,3 +609,53 @@ def test_a_slow_link_rate_gets_the_latest_values_at_that_rate(
     assert 2 <= added <= 10, added  # about 2 a second over 2 s, not 100
     assert "gap in prices" not in page.locator("#log").inner_text()
     page.console.assert_clean()
+
+
+# Everything the page shows before it connects, line by line (document.body.innerText), besides the
+# topic names the page lists from /api/topics. A template comment or tag rendered as text, or any
+# other stray output, is a line that is not here.
+PAGE_TEXT_ANONYMOUS = [
+    "Live data over WebSockets",
+    "Log in",
+    "Connect",
+    "Disconnect",
+    "Status: closed",
+    "Topics",
+    "Window",
+    "10 s",
+    "30 s",
+    "1 min",
+    "5 min",
+    "10 min",
+    "Rate",
+    "every frame",
+    "10 per second",
+    "2 per second",
+    "Latest values",
+    "Latency",
+    "Echo round trip",
+    "– ms last, – ms median",
+    "Newest point",
+    "– old",
+    "Watching",
+    "–",
+    "Log",
+]
+TEMPLATE_SYNTAX = ("{#", "#}", "{%", "%}", "{{", "}}")
+
+
+def test_the_page_shows_its_own_text_and_nothing_else(server: Server, page: Any) -> None:
+    """No template syntax (a multi-line ``{# #}`` renders as text) and no line the page does not own."""
+    from playwright.sync_api import expect
+
+    page.goto(server.http_url("/"))
+    expect(page.locator("#status")).to_have_text("closed")
+    expect(page.locator("#topic-list input").first).to_be_attached()  # the list from /api/topics is in
+    text = page.evaluate("document.body.innerText")
+    assert not [token for token in TEMPLATE_SYNTAX if token in text], text
+    topics = set(page.locator("#topic-list").inner_text().split())
+    assert topics and all(re.fullmatch(r"[\w.-]+", topic) for topic in topics), topics
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    unexpected = [line for line in lines if line not in PAGE_TEXT_ANONYMOUS and not set(line.split()) <= topics]
+    assert not unexpected, text
+    page.console.assert_clean()
