@@ -614,6 +614,7 @@ def test_a_slow_link_rate_gets_the_latest_values_at_that_rate(
 # Everything the page shows before it connects, line by line (document.body.innerText), besides the
 # topic names the page lists from /api/topics. A template comment or tag rendered as text, or any
 # other stray output, is a line that is not here.
+NO_VALUE = "\N{EN DASH}"  # what a readout shows before its first value
 PAGE_TEXT_ANONYMOUS = [
     "Live data over WebSockets",
     "Log in",
@@ -634,11 +635,11 @@ PAGE_TEXT_ANONYMOUS = [
     "Latest values",
     "Latency",
     "Echo round trip",
-    "– ms last, – ms median",
+    f"{NO_VALUE} ms last, {NO_VALUE} ms median",
     "Newest point",
-    "– old",
+    f"{NO_VALUE} old",
     "Watching",
-    "–",
+    NO_VALUE,
     "Log",
 ]
 TEMPLATE_SYNTAX = ("{#", "#}", "{%", "%}", "{{", "}}")
@@ -656,6 +657,8 @@ def test_the_page_shows_its_own_text_and_nothing_else(server: Server, page: Any)
     topics = set(page.locator("#topic-list").inner_text().split())
     assert topics and all(re.fullmatch(r"[\w.-]+", topic) for topic in topics), topics
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    unexpected = [line for line in lines if line not in PAGE_TEXT_ANONYMOUS and not set(line.split()) <= topics]
+    unexpected = [
+        line for line in lines if line not in PAGE_TEXT_ANONYMOUS and not set(line.split()) <= topics
+    ]
     assert not unexpected, text
     page.console.assert_clean()
