@@ -9,8 +9,9 @@ import sys
 import pytest
 import websockets
 
+from echo.errors import ClientError
 from echo.layer.conflation import Conflation
-from echo.ws.subscription import ClientError, parse_subscription
+from echo.ws.subscription import parse_subscription
 from tests.support import Server, data_frames, next_echo, spawn, stop, timeout
 
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from echo.errors import ClientError
 from echo.protocol import TOPIC_PATTERN, Position
-from echo.ws.subscription import ClientError, Subscription, parse_subscription
+from echo.ws.subscription import Subscription, parse_subscription
 
 
 def parse(query: str | bytes) -> Subscription:

@@ -29,9 +29,10 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from echo.errors import CLOSE_GOING_AWAY
 from echo.ops import metrics
 from echo.protocol import error_frame
-from echo.ws.connections import CLOSE_GOING_AWAY, DIRECT_SEND_TEXT
+from echo.ws.connections import DIRECT_SEND_TEXT
 from wsproject import versions
 from wsproject.primitives import Flag, ReceiveQueue
 

@@ -26,8 +26,8 @@ from django.utils.crypto import salted_hmac
 from echo.access import tokens
 from echo.access.apikeys import read_grant
 from echo.access.rules import Reader
+from echo.errors import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ClientError
 from echo.models import ApiKey
-from echo.ws.subscription import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, ClientError
 
 KEY_ID_LENGTH = 16  # hex digits of a key's digest that name it in a token (64 bits)
 

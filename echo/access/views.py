@@ -18,6 +18,7 @@ from echo.access.identity import key_id, password_stamp
 from echo.access.patterns import PatternError, parse
 from echo.access.rules import Reader, topic_access
 from echo.conf import app_settings
+from echo.errors import UNAVAILABLE, api_error
 from echo.layer.capabilities import capabilities
 from echo.protocol import GROUP_PREFIX, group_topic
 
@@ -30,11 +31,6 @@ async def session_user(request: HttpRequest) -> Any:
     return await auser() if auser is not None else AnonymousUser()
 
 
-def api_error(status: int, code: str, detail: str) -> JsonResponse:
-    """The JSON body of every refusal: ``{"error": code, "detail": one line}``."""
-    return JsonResponse({"error": code, "detail": detail}, status=status)
-
-
 async def request_reader(request: HttpRequest) -> Reader | JsonResponse:
     """Who asks: the holder of an API key (``Authorization: Bearer``), else the session's user.
 
@@ -45,9 +41,7 @@ async def request_reader(request: HttpRequest) -> Reader | JsonResponse:
         return Reader(await session_user(request))
     api_key = await authenticate_key(key)
     if api_key is None:
-        response = api_error(401, "unauthorized", "unknown or revoked API key")
-        response["WWW-Authenticate"] = "Bearer"
-        return response
+        return api_error(401, "unauthorized", "unknown or revoked API key")
     return Reader(AnonymousUser(), key=api_key, key_read=read_grant(api_key))
 
 
@@ -67,7 +61,7 @@ async def topics(request: HttpRequest) -> JsonResponse:
     try:
         groups = await layer.numbered_groups()
     except (RedisError, OSError) as exc:
-        return api_error(503, "redis_unavailable", f"Redis unreachable: {type(exc).__name__}")
+        return api_error(503, UNAVAILABLE, f"Redis unreachable: {type(exc).__name__}")
     access = topic_access()
     listed = sorted(
         [

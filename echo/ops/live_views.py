@@ -14,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
+from echo.errors import UNAVAILABLE, api_error
 from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.models import ApiKey
 from echo.ops import live
@@ -40,11 +41,11 @@ async def data(request: HttpRequest) -> JsonResponse:
     without Redis or on a layer that keeps nothing to show."""
     user = await request.auser()
     if not (user.is_active and user.is_staff):
-        return _no_store(JsonResponse({"error": "forbidden", "detail": "staff only"}, status=403))
+        return _no_store(api_error(403, "forbidden", "staff only"))
     layer = get_channel_layer()
     if not isinstance(layer, RedisFanoutChannelLayer):
         detail = f"the channel layer {type(layer).__name__} keeps no live state (use echo.layer)"
-        return _no_store(JsonResponse({"error": "unavailable", "detail": detail}, status=503))
+        return _no_store(api_error(503, UNAVAILABLE, detail))
     try:
         found = await live.snapshot(layer, _meter)
         use = found.pop("key_use")
@@ -52,7 +53,7 @@ async def data(request: HttpRequest) -> JsonResponse:
         await live.forget_keys(layer, set(use) - {digest for _, digest in keys})
     except (RedisError, OSError) as exc:
         detail = f"Redis unreachable: {type(exc).__name__}"
-        return _no_store(JsonResponse({"error": "unavailable", "detail": detail}, status=503))
+        return _no_store(api_error(503, UNAVAILABLE, detail))
     found["keys"] = [
         {"name": name, **use.get(digest, {"publishes": 0, "last_used": None})} for name, digest in keys
     ]

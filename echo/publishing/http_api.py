@@ -31,8 +31,8 @@ from redis.exceptions import RedisError
 
 from echo.access.apikeys import KeyRateLimit, authenticate_key, bearer_key, publish_grant
 from echo.access.patterns import matches_any
-from echo.access.views import api_error
 from echo.conf import app_settings
+from echo.errors import UNAVAILABLE, api_error
 from echo.layer.history import valid_idempotency_key
 from echo.models import ApiKey
 from echo.ops import live
@@ -109,10 +109,7 @@ async def _answer(
         positions = await _publish_all(messages, idempotency)
     except ApiError as refused:
         live.record_publish_refused(refused.code)
-        response = api_error(refused.status, refused.code, refused.detail)
-        for name, value in refused.headers.items():
-            response[name] = value
-        return response
+        return api_error(refused.status, refused.code, refused.detail, refused.headers)
     live.record_publish(key.digest, len(messages))
     published = [_position(topic, position) for (topic, _), position in zip(messages, positions, strict=True)]
     return JsonResponse({"published": published} if batch else published[0])
@@ -120,12 +117,11 @@ async def _answer(
 
 async def _authenticate(request: HttpRequest) -> ApiKey:
     key = bearer_key(request)
-    challenge = {"WWW-Authenticate": 'Bearer realm="publish"'}
     if key is None:
-        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'", challenge)
+        raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
     found = await authenticate_key(key)
     if found is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
+        raise ApiError(401, "unauthorized", "unknown or revoked API key")
     return found
 
 
@@ -242,7 +238,7 @@ async def _publish_all(messages: list[Message], idempotency: str | None = None) 
             message_key = None if idempotency is None else f"{idempotency}.{index}"
             positions.append(await apublish(topic, values, message_key))
     except LayerNotShared as exc:
-        raise ApiError(503, "unavailable", _one_line(exc)) from None
+        raise ApiError(503, UNAVAILABLE, _one_line(exc)) from None
     except (RedisError, OSError) as exc:
         error = _unavailable(exc)
         if positions:
@@ -252,7 +248,7 @@ async def _publish_all(messages: list[Message], idempotency: str | None = None) 
 
 
 def _unavailable(exc: BaseException) -> ApiError:
-    return ApiError(503, "unavailable", f"Redis unreachable: {type(exc).__name__}", {"Retry-After": "1"})
+    return ApiError(503, UNAVAILABLE, f"Redis unreachable: {type(exc).__name__}", {"Retry-After": "1"})
 
 
 def _position(topic: str, position: Position) -> dict[str, Any]:

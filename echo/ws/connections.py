@@ -8,9 +8,6 @@ from __future__ import annotations
 # Consumers on other servers use the normal ``send`` (echo/ws/delivery.py).
 DIRECT_SEND_TEXT = "x-direct-send-text"
 
-# RFC 6455: the server is going away; clients reconnect (to another replica behind the balancer).
-CLOSE_GOING_AWAY = 1001
-
 _open: set[object] = set()
 
 

@@ -2,20 +2,20 @@
 
 Channels' own loop (``await_many_dispatch``) keeps a task waiting in the layer's ``receive`` for each
 connection's whole life, and makes a task and an ``asyncio.wait`` per message, which is most of the
-server's CPU when thousands of connections receive tens of messages a second (README: Performance).
-On ``echo.layer.RedisFanoutChannelLayer``, ``serve`` runs the connection instead, and every layer
-event takes one route:
+server's CPU when thousands of connections receive tens of messages a second (docs/benchmarks.md).
+On ``echo.layer.RedisFanoutChannelLayer`` the consumer runs its connection with a ``Delivery``
+instead, and every layer event takes one route:
 
-    layer reader --> Delivery.offer(event) --(idle, next in stream)--> written now (x-direct-send-text)
+    layer reader --> Delivery.offer(event) --(idle, next in stream)--> written now (try_now)
                                            \\--(anything else)--------> queued --> drain task -->
-                                               EchoConsumer.handle_layer_events(everything waiting)
+                                               handle(everything waiting)
 
-An event is written at once, in the layer's reader, only when the server offers a synchronous send,
-nothing else is pending for this connection, and the consumer's stream check says it is simply the
-next frame. Everything else is queued, in order, and a task that exists only while events wait hands
-all of them to the consumer together, so a client that fell behind gets one frame carrying all it
-missed. Handlers run one at a time (``turn``), as Channels guarantees; an idle connection has no task
-of its own besides the server's.
+An event is written at once, in the layer's reader, only when nothing else is pending for this
+connection and ``try_now`` (the relay: the stream check and the server's synchronous write) takes
+it. Everything else is queued, in order, and a task that exists only while events wait hands all of
+them to ``handle`` together, so a client that fell behind gets one frame carrying all it missed.
+Handlers run one at a time (``turn``), as Channels guarantees; an idle connection has no task of its
+own besides the server's.
 """
 
 from __future__ import annotations
@@ -23,77 +23,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from channels.exceptions import StopConsumer
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from echo.ops import metrics
-from echo.protocol import RELAY_EVENT
-from echo.ws.connections import DIRECT_SEND_TEXT
-from echo.ws.streams import Verdict
-
-if TYPE_CHECKING:
-    from echo.consumers import EchoConsumer
 
 logger = logging.getLogger(__name__)
 
-
-async def serve(consumer: EchoConsumer, scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Run one connection: client frames dispatched one at a time, layer events through ``Delivery``."""
-    consumer.scope = scope
-    consumer.base_send = send
-    consumer.channel_name = await consumer.channel_layer.new_channel()
-    direct_send = (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT)
-    delivery = Delivery(consumer, direct_send)
-    try:
-        while True:
-            message = await receive()
-            async with consumer.turn:
-                await consumer.dispatch(message)
-    except StopConsumer:
-        pass
-    finally:
-        await delivery.stop()
+Event = dict[str, Any]
 
 
 class Delivery:
     """The layer events of one connection, on their way to its socket."""
 
-    __slots__ = ("connection", "consumer", "direct_send", "drainer")  # one per connection, held for its life
+    # One per connection, held for its life.
+    __slots__ = ("channel", "connection", "drainer", "handle", "layer", "try_now", "turn")
 
-    def __init__(self, consumer: EchoConsumer, direct_send: Callable[[str], bool] | None) -> None:
-        self.consumer = consumer
-        self.direct_send: Callable[[str], bool] = direct_send or _never
+    def __init__(
+        self,
+        layer: Any,
+        channel: str,
+        turn: asyncio.Lock,
+        handle: Callable[[list[Event]], Awaitable[None]],
+        try_now: Callable[[Event], bool] | None = None,
+    ) -> None:
+        self.layer, self.channel, self.turn, self.handle = layer, channel, turn, handle
+        self.try_now = try_now
         self.connection = asyncio.current_task()
         self.drainer: asyncio.Task[None] | None = None
-        consumer.channel_layer.attach(consumer.channel_name, self.queued, self.offer if direct_send else None)
-        if direct_send is not None:
-            consumer.delivery = self
+        layer.attach(channel, self.queued, self.offer if try_now is not None else None)
 
-    def offer(self, event: dict[str, Any]) -> bool:
+    def offer(self, event: Event) -> bool:
         """Called by the layer's reader with a new event while this connection's queue is empty.
 
         True if it was handled now (written, or dropped as already sent); False to have it queued.
         """
-        consumer = self.consumer
-        if (
-            event["type"] != RELAY_EVENT
-            or self.drainer is not None
-            or consumer.turn.locked()
-            or consumer.closing
-        ):
+        if self.drainer is not None or self.turn.locked() or self.try_now is None:
             return False
-        verdict = consumer.verdict(event)
-        if verdict is Verdict.DUPLICATE:
-            return True
-        if verdict is Verdict.RECOVER:
-            return False
-        if not self.direct_send(event["text"]):
-            return False
-        consumer.relayed(event)
-        metrics.inc("ws_frames_out_total")
-        return True
+        return self.try_now(event)
 
     def queued(self) -> None:
         """Called by the layer when this connection's queue stops being empty: start draining."""
@@ -101,15 +68,14 @@ class Delivery:
             self.drainer = asyncio.get_running_loop().create_task(self.drain())
 
     async def drain(self) -> None:
-        """Hand queued layer events to the consumer, everything waiting at once, until none is left."""
-        layer, channel = self.consumer.channel_layer, self.consumer.channel_name
+        """Hand queued layer events to ``handle``, everything waiting at once, until none is left."""
         try:
-            while events := layer.receive_nowait_all(channel):
-                async with self.consumer.turn:
-                    await self.consumer.handle_layer_events(events)
+            while events := self.layer.receive_nowait_all(self.channel):
+                async with self.turn:
+                    await self.handle(events)
         except Exception:
             # A bug, not the client's doing: end the connection rather than leave it deaf.
-            logger.exception("Relaying to %s failed", self.consumer.scope.get("client"))
+            logger.exception("Relaying to %s failed", self.channel)
             metrics.inc("ws_errors_total", "relay")
             if self.connection is not None:
                 self.connection.cancel()
@@ -118,13 +84,8 @@ class Delivery:
 
     async def stop(self) -> None:
         """Called when the connection ends: leave the layer first, so that nothing more is queued."""
-        await self.consumer.channel_layer.forget_channel(self.consumer.channel_name)
+        await self.layer.forget_channel(self.channel)
         if self.drainer is not None:
             self.drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.drainer
-
-
-def _never(text: str) -> bool:
-    """The synchronous send of a server that offers none: nothing is ever written this way."""
-    return False

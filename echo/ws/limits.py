@@ -6,6 +6,10 @@ import ipaddress
 import time
 from collections import Counter
 
+from echo.conf import app_settings as settings
+from echo.errors import CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, ClientError
+from echo.ops import metrics
+
 
 class FrameRateLimit:
     """A token bucket for one connection's frames: ``rate`` per second, bursts up to ``burst``.
@@ -43,6 +47,34 @@ class FrameRateLimit:
     @property
     def abusive(self) -> bool:
         return self.strikes > self.max_strikes
+
+
+class EchoLimit:
+    """What one client may send to be echoed: frames of at most ``WS_MAX_FRAME_BYTES``, at most
+    ``WS_RATE_LIMIT`` a second (``FrameRateLimit``). Made at the client's first frame: a connection
+    that only listens never needs one."""
+
+    __slots__ = ("rate",)
+
+    def __init__(self) -> None:
+        self.rate = FrameRateLimit(
+            rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
+        )
+
+    def allow(self, size: int) -> bool:
+        """True if a frame of ``size`` may be echoed; False if it is dropped (and counted). Raises
+        ``ClientError`` for a frame too big (1009) or persistent flooding (1008)."""
+        if size > settings.WS_MAX_FRAME_BYTES:
+            metrics.inc("ws_dropped_total", "too_big")
+            limit = settings.WS_MAX_FRAME_BYTES
+            raise ClientError("frame_too_big", f"frames are limited to {limit} bytes", CLOSE_TOO_BIG)
+        if self.rate.allow():
+            return True
+        metrics.inc("ws_dropped_total", "rate_limit")
+        if self.rate.abusive:
+            limit = f"more than {settings.WS_RATE_LIMIT:g} frames/s, persistently"
+            raise ClientError("rate_limited", limit, CLOSE_POLICY_VIOLATION)
+        return False
 
 
 class AddressCap:

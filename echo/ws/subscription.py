@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+from echo.errors import ClientError
 from echo.protocol import DEFAULT_TOPIC, EPOCH_PATTERN, MAX_TOPICS_PER_CONNECTION, TOPIC_PATTERN, Position
 
 MAX_QUERY_BYTES = 4096
@@ -18,23 +19,6 @@ DIGITS = re.compile(r"[0-9]+")  # str.isdigit() would also accept "²" and other
 RATE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,3})?")
 MAX_RATE = 1000.0  # frames per second per topic: above this, conflation would not be asked for
 MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
-
-# RFC 6455 close code for a message that violates the server's policy.
-CLOSE_POLICY_VIOLATION = 1008
-# IANA-registered: 3000 (unauthorized: the token is bad, expired or revoked: get a new one) and 3003
-# (forbidden: do not retry as is).
-CLOSE_UNAUTHORIZED = 3000
-CLOSE_FORBIDDEN = 3003
-
-
-class ClientError(Exception):
-    """A client's mistake: sent back as an error frame, then the socket closes with ``close_code``."""
-
-    def __init__(self, code: str, detail: str, close_code: int = CLOSE_POLICY_VIOLATION) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.close_code = close_code
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,144 @@
+"""Pushed frames on their way to one client: in stream order, with what it missed caught up from history.
+
+On connect the client gets recent history (or exactly what it missed, with ``since``), then live
+frames, with no gap and no duplicate between the two (``echo.ws.streams``). A live frame that is not
+simply the next of its stream (a hole before it, another epoch) makes the client catch up from history
+first, which holds that frame too: it is stored before it is published.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from echo.errors import CLOSE_TRY_AGAIN_LATER, ClientError
+from echo.layer.capabilities import Capabilities
+from echo.ops import metrics
+from echo.protocol import RELAY_EVENT, group_topic, reset_frame, topic_group, warning_frame
+from echo.ws.sending import Sender
+from echo.ws.streams import TopicStreams, Verdict
+from echo.ws.subscription import Subscription
+
+logger = logging.getLogger(__name__)
+
+Dispatch = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Relay:
+    """The topics of one connection: where the client stands in each, and what it is sent next."""
+
+    __slots__ = ("client", "features", "groups", "history_unavailable", "layer", "sender", "streams", "wants")
+
+    def __init__(
+        self, layer: Any, features: Capabilities, subscription: Subscription, sender: Sender, client: Any
+    ) -> None:
+        self.layer, self.features, self.sender, self.client = layer, features, sender, client
+        self.groups = [topic_group(topic) for topic in subscription.topics]
+        self.wants = subscription  # its history and max_rate
+        self.streams: TopicStreams | None = None
+        self.history_unavailable = False  # the last attempt to read history failed
+
+    async def start(self, channel: str) -> list[str]:
+        """Called on connect, before joining the groups: pace the channel if asked, and return the
+        frames the client is owed of every topic."""
+        paced = self.wants.max_rate is not None and self.features.attach  # other layers cannot pace
+        if paced:
+            self.layer.pace(channel, self.wants.max_rate)  # once per process per topic and rate
+        since = {topic_group(topic): position for topic, position in self.wants.since.items()}
+        self.streams = TopicStreams(self.wants.history, since, skips=paced)
+        frames = await self.catch_up_all()
+        if self.wants.max_rate is not None and not paced:
+            frames.append(warning_frame("no_max_rate", "this server's channel layer cannot pace frames"))
+        return frames
+
+    def offer(self, event: dict[str, Any]) -> bool:
+        """From the layer's reader, with nothing else pending: write a pushed frame now if it is simply
+        the next of its stream and the socket takes it; True if handled (written, or already sent)."""
+        if event["type"] != RELAY_EVENT or self.sender.closing:
+            return False
+        verdict = self.verdict(event)
+        if verdict is Verdict.DUPLICATE:
+            return True
+        if verdict is Verdict.RECOVER or not self.sender.write_now(event["text"]):
+            return False
+        self.relayed(event)
+        metrics.inc("ws_frames_out_total")
+        return True
+
+    async def relay(self, events: list[dict[str, Any]], dispatch: Dispatch) -> None:
+        """Layer events in order: pushed frames newline-joined, in as few frames as can be; any other
+        event to ``dispatch``. Raises ``ClientError`` if a hole cannot be filled (history unreadable)."""
+        texts: list[str] = []
+        for event in events:
+            if event["type"] != RELAY_EVENT:
+                await self.sender.send_batched(texts)  # what came before another event goes out first
+                texts = []
+                await dispatch(event)
+                continue
+            verdict = self.verdict(event)
+            if verdict is Verdict.SEND:
+                self.relayed(event)
+                texts.append(event["text"])
+            elif verdict is Verdict.RECOVER:
+                await self.sender.send_batched(texts)
+                texts = []
+                await self.sender.send_batched(await self.catch_up(event["group"]))
+                if self.history_unavailable:  # sending it would leave a hole: reconnect with since
+                    raise ClientError("history_unavailable", "history cannot be read", CLOSE_TRY_AGAIN_LATER)
+        await self.sender.send_batched(texts)
+
+    def verdict(self, event: dict[str, Any]) -> Verdict:
+        """What to do with a pushed frame: frames that are not numbered (presence, plain layers) are sent."""
+        if "seq" not in event or self.streams is None:
+            return Verdict.SEND
+        return self.streams.check(event["group"], event["epoch"], event["seq"])
+
+    def relayed(self, event: dict[str, Any]) -> None:
+        """Record that a pushed frame is on its way to the client."""
+        if "seq" in event and self.streams is not None:
+            self.streams.advance(event["group"], event["epoch"], event["seq"])
+            metrics.inc("ws_messages_relayed_total")
+
+    async def catch_up_all(self) -> list[str]:
+        """The frames the client is owed of every topic it follows, topic after topic."""
+        return [frame for group in self.groups for frame in await self.catch_up(group)]
+
+    async def catch_up(self, group: str) -> list[str]:
+        """The frames the client is owed of ``group`` from history (``TopicStreams.catch_up``).
+
+        If Redis cannot be read, returns none and leaves the client's position as it is: the
+        layer's resync catches up once Redis is back, and a live frame that finds a hole first
+        closes the connection with 1013 (``relay``). On a layer without history, says so instead.
+        """
+        assert self.streams is not None, "start() first"
+        if not self.features.numbered:
+            return self._without_history(group)
+        try:
+            caught_up = await self.streams.catch_up(group, self.layer.group_history)
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning(
+                "History of %r unavailable for %s (%s); it is sent when Redis is back",
+                group_topic(group),
+                self.client,
+                exc,
+            )
+            self.history_unavailable = True
+            return []
+        self.history_unavailable = False
+        metrics.inc("ws_messages_replayed_total", amount=caught_up.replayed)
+        if caught_up.reset:
+            metrics.inc("ws_resets_total")
+        return caught_up.frames
+
+    def _without_history(self, group: str) -> list[str]:
+        assert self.streams is not None
+        topic = group_topic(group)
+        frames = []
+        if self.streams.position(group) is not None:
+            frames.append(reset_frame(topic, None, "this server's channel layer keeps no history"))
+        if self.wants.history and group == self.groups[0]:
+            frames.append(warning_frame("no_history", "this server's channel layer keeps no history"))
+        return frames

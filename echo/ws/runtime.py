@@ -1,0 +1,122 @@
+"""How the consumer runs: Channels' ``as_asgi``, ``__call__`` and ``dispatch``, re-implemented here.
+
+Every Channels internal the project relies on is in this module, with a contract test each
+(``tests/test_internals.py``) and a startup version check (``CHANNELS_TESTED``, ``wsproject/versions.py``):
+
+* ``as_asgi``'s app returns the consumer's coroutine instead of awaiting it, and carries the same
+  ``consumer_class`` / ``consumer_initkwargs`` attributes (one suspended frame fewer per connection);
+* ``__call__`` runs ``serve`` on a layer that can call a consumer back (``attach``: this project's
+  layer), else Channels' own loop;
+* ``dispatch`` routes by ``get_handler_name`` without ``aclose_old_connections()``, a thread round
+  trip per event (the consumer's only queries go through Django's async ORM, whose connections are
+  health-checked: ``conn_health_checks``);
+* ``base_send`` (set by Channels' ``__call__``) is what ``Sender`` sends through on Channels' loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+
+from echo.layer.capabilities import Capabilities, capabilities
+from echo.ws.connections import DIRECT_SEND_TEXT
+from echo.ws.delivery import Delivery
+from echo.ws.sending import Sender
+
+# The channels version tests/test_internals.py checked these against (requirements.txt's pin).
+CHANNELS_TESTED = "4.3.2"
+
+# Layer sends started from timer callbacks, referenced until done (the loop keeps only weak references).
+_pending_sends: set[asyncio.Future[None]] = set()
+
+
+class DeliveredWebsocketConsumer(AsyncWebsocketConsumer):
+    """An ``AsyncWebsocketConsumer`` whose pushed frames take ``echo.ws.delivery``'s route where the
+    layer allows: handlers run one at a time (``turn``), frames go out through ``sender``."""
+
+    _sender: Sender | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.turn = asyncio.Lock()
+
+    @property
+    def features(self) -> Capabilities:
+        """What the channel layer can do (``echo.layer.capabilities``)."""
+        return capabilities(self.channel_layer)
+
+    @property
+    def sender(self) -> Sender:
+        if self._sender is None:  # on Channels' own loop: through the base_send it set
+            self._sender = Sender(self.base_send)
+        return self._sender
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        channels_app = super().as_asgi(**initkwargs)
+
+        def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+            return cls(**initkwargs)(scope, receive, send)
+
+        app.consumer_class = channels_app.consumer_class  # type: ignore[attr-defined]
+        app.consumer_initkwargs = channels_app.consumer_initkwargs  # type: ignore[attr-defined]
+        return functools.update_wrapper(app, cls, updated=())
+
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        if self.features.attach:
+            return self.serve(scope, receive, send)
+        return super().__call__(scope, receive, send)
+
+    async def serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Run the connection: client frames dispatched one at a time, layer events through ``Delivery``."""
+        self.scope, self.base_send = scope, send
+        self._sender = Sender(send, (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT))
+        self.channel_name = await self.channel_layer.new_channel()
+        offer = self.offer if self._sender.direct is not None else None
+        delivery = Delivery(self.channel_layer, self.channel_name, self.turn, self.handle_layer_events, offer)
+        try:
+            while True:
+                message = await receive()
+                async with self.turn:
+                    await self.dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            await delivery.stop()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    def offer(self, event: dict[str, Any]) -> bool:
+        """Called by ``Delivery`` with an event it may write at once; False: queue it."""
+        return False
+
+    async def handle_layer_events(self, events: list[dict[str, Any]]) -> None:
+        """Called by ``Delivery`` with the layer events waiting, in order."""
+        for event in events:
+            await self.dispatch(event)
+
+    def send_to_self(self, event_type: str) -> None:
+        """From a timer callback: an event through the layer, so it is handled in turn like any other."""
+        task = asyncio.ensure_future(self.channel_layer.send(self.channel_name, {"type": event_type}))
+        _pending_sends.add(task)
+        task.add_done_callback(_pending_sends.discard)
+
+    @property
+    def closing(self) -> bool:
+        """True once the server decided to close: nothing more is sent."""
+        return self.sender.closing
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        await self.sender.close(code, reason)
