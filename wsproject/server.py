@@ -23,6 +23,7 @@ from typing import Any
 
 import uvicorn
 
+from echo.conf import app_settings
 from echo.ops import metrics
 from wsproject import uvicorn_ws
 from wsproject.cli import configuration_errors, fail, load_settings
@@ -50,7 +51,7 @@ def options(host: str, port: int, workers: int) -> dict[str, Any]:
         "http": HTTP_PROTOCOL,  # httptools' parser, with a deadline for headers
         "ws": WS_PROTOCOL,
         # Frames above this are refused with close code 1009 (message too big).
-        "ws_max_size": int(os.environ.get("WS_MAX_FRAME_BYTES", str(64 * 1024))),
+        "ws_max_size": app_settings.WS_MAX_FRAME_BYTES,
         # Pings find dead peers; pages also send a frame every second.
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,

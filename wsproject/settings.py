@@ -7,7 +7,6 @@ production server does not. A mistake raises ImproperlyConfigured with a one-lin
 to set, which the entry points print as that one line.
 """
 
-import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from echo import conf as echo_conf
 from echo.layer.redis_target import parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -38,6 +38,14 @@ def env_int(name: str, default: int) -> int:
         return int(raw) if raw else default
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r}: expected a whole number") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected a number") from None
 
 
 def env_list(name: str) -> list[str]:
@@ -184,38 +192,16 @@ if CHANNEL_LAYER_BACKEND == "echo.layer.RedisFanoutChannelLayer":
     CHANNEL_LAYER_CONFIG["history_length"] = env_int("HISTORY_LENGTH", 5000)
 CHANNEL_LAYERS = {"default": {"BACKEND": CHANNEL_LAYER_BACKEND, "CONFIG": CHANNEL_LAYER_CONFIG}}
 
-# Frames replayed per topic on connect when the client does not say (?history=N): a 60 s chart at 10 Hz.
-WS_HISTORY_DEFAULT = env_int("WS_HISTORY_DEFAULT", 600)
-# Seconds after which a server process that stopped refreshing its presence counts is ignored.
-WS_PRESENCE_TTL = env_int("WS_PRESENCE_TTL", 15)
+# The app's own settings (their defaults and meaning: echo/conf.py), from the environment where set.
+globals().update(echo_conf.from_environment(os.environ))
 
-# Who may read which topic (README: Users and private topics): topic pattern -> rule, first match
-# decides, a topic matching none is refused. WS_TOPIC_ACCESS in the environment replaces it (JSON).
-WS_TOPIC_ACCESS: dict[str, str] = {
-    "user-{user_id}": "owner",  # user-42: only user 42 (and superusers)
-    "user-*": "nobody",  # any other user-... name
-    "*": "public",  # every other topic, as before there were users
-}
-if os.environ.get("WS_TOPIC_ACCESS"):
-    try:
-        WS_TOPIC_ACCESS = json.loads(os.environ["WS_TOPIC_ACCESS"])
-    except ValueError as exc:
-        raise ImproperlyConfigured(f"WS_TOPIC_ACCESS is not a JSON object: {exc}") from None
-    if not isinstance(WS_TOPIC_ACCESS, dict):
-        raise ImproperlyConfigured("WS_TOPIC_ACCESS must be a JSON object of topic pattern to rule")
-# Minutes-long connection tokens (POST /api/token), for WebSockets that carry no session cookie.
-WS_TOKEN_TTL = env_int("WS_TOKEN_TTL", 300)
-# The HTTP publish API: largest body (bytes, else 413) and messages per second per API key (else 429).
-API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 256 * 1024)
-API_RATE_LIMIT = env_int("API_RATE_LIMIT", 1000)
-
-# Limits that keep one client from hurting the others (README: Hostile input).
-WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 64 * 1024)
-WS_RATE_LIMIT = env_int("WS_RATE_LIMIT", 1000)  # frames/s per connection; more are not echoed
-WS_RATE_BURST = env_int("WS_RATE_BURST", 1000)
-WS_RATE_STRIKES = env_int("WS_RATE_STRIKES", 5000)  # frames over the limit within 10 s before a 1008 close
-# Per client address and server process; loopback addresses are exempt.
-WS_MAX_CONNECTIONS_PER_ADDRESS = env_int("WS_MAX_CONNECTIONS_PER_ADDRESS", 100)
+# The production server's (wsproject/uvicorn_ws.py): seconds a client may leave its socket unread
+# before it is closed with 1013, seconds clients get to answer the 1001 close on shutdown, seconds a
+# request's headers may take to arrive (else 408), and permessage-deflate for clients that offer it.
+WS_STALL_SECONDS = env_float("WS_STALL_SECONDS", 10)
+WS_SHUTDOWN_SECONDS = env_float("WS_SHUTDOWN_SECONDS", 3)
+HTTP_HEADERS_TIMEOUT = env_float("HTTP_HEADERS_TIMEOUT", 10)
+WS_COMPRESSION = env_bool("WS_COMPRESSION", False)
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))

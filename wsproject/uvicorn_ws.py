@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Set
 from typing import Any, ClassVar, cast
 
+from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -53,14 +53,11 @@ CLOSING_BYTES = 8 * 1024 * 1024
 CLOSING_SECONDS = 5.0
 # Closes the WebSocket layer decides itself, and the error frame's code sent before each.
 PROTOCOL_ERRORS = {1009: "frame_too_big", 1007: "invalid_utf8", 1002: "protocol_error", 1013: "stalled"}
-# How long a request's headers may take to arrive, from the connection's start or the request's first
-# byte (uvicorn has no such limit: a client trickling a header a minute would hold its socket for ever).
-HEADERS_SECONDS = float(os.environ.get("HTTP_HEADERS_TIMEOUT", "10"))
 
 
 def compression_enabled() -> bool:
     """``WS_COMPRESSION``: negotiate permessage-deflate with clients that offer it (off by default)."""
-    return os.environ.get("WS_COMPRESSION", "").strip().lower() in {"1", "true", "yes", "on"}
+    return bool(settings.WS_COMPRESSION)
 
 
 # Settings under which one serialized frame fits every connection: no extension, or permessage-deflate
@@ -127,9 +124,16 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     (``direct_send_text``), and closes with 1001 (going away) when the server shuts down.
     """
 
-    stall_seconds = float(os.environ.get("WS_STALL_SECONDS", "10"))
-    # On shutdown, how long a client may take to answer the 1001 close before it is cut off.
-    shutdown_seconds = float(os.environ.get("WS_SHUTDOWN_SECONDS", "3"))
+    @property
+    def stall_seconds(self) -> float:
+        """``WS_STALL_SECONDS`` (Django's settings: uvicorn loaded the app, and them, before serving)."""
+        return float(settings.WS_STALL_SECONDS)
+
+    @property
+    def shutdown_seconds(self) -> float:
+        """``WS_SHUTDOWN_SECONDS``: on shutdown, how long a client may take to answer the 1001 close."""
+        return float(settings.WS_SHUTDOWN_SECONDS)
+
     _stall_timer: asyncio.TimerHandle | None = None
     # The connections of the server whose shutdown was last logged (see _log_shutdown).
     _shutdown_logged_for: ClassVar[Set[Any] | None] = None
@@ -406,7 +410,9 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol, with a deadline for each request's headers (a slowloris defence).
+    """uvicorn's HTTP protocol, with a deadline for each request's headers (a slowloris defence):
+    ``HTTP_HEADERS_TIMEOUT`` (uvicorn has none: a client trickling a header a minute would hold its
+    socket for ever).
 
     The deadline runs from the connection's start, and again from each later request's first byte,
     until its headers are complete (a WebSocket upgrade included); past it the connection is closed
@@ -433,7 +439,7 @@ class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _arm(self) -> None:
-        self.headers_deadline = self.loop.call_later(HEADERS_SECONDS, self._headers_too_slow)
+        self.headers_deadline = self.loop.call_later(settings.HTTP_HEADERS_TIMEOUT, self._headers_too_slow)
 
     def _disarm(self) -> None:
         if self.headers_deadline is not None:
@@ -446,7 +452,9 @@ class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
             return
         address = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
         logger.warning(
-            "Closed a connection from %s: no complete request headers within %gs", address, HEADERS_SECONDS
+            "Closed a connection from %s: no complete request headers within %gs",
+            address,
+            settings.HTTP_HEADERS_TIMEOUT,
         )
         metrics.inc("http_refused_total", "headers_timeout")
         self.transport.write(
