@@ -42,12 +42,10 @@ class EchoConsumer(DeliveredWebsocketConsumer):
         """Called on the handshake: admit, catch up on each topic (before joining it, so the client's
         position is known before any live frame), join, accept, then send what it is owed."""
         try:
-            max_history = getattr(self.channel_layer, "history_length", settings.WS_HISTORY_DEFAULT)
-            wants = parse_subscription(
-                self.scope.get("query_string", b""),
-                default_history=settings.WS_HISTORY_DEFAULT,
-                max_history=max_history,
-            )
+            default, numbered = settings.WS_HISTORY_DEFAULT, self.features.numbered
+            most = self.channel_layer.history_length if numbered else default
+            query = self.scope.get("query_string", b"")
+            wants = parse_subscription(query, default_history=default, max_history=most)
             expired = functools.partial(self.send_to_self, "token.expired")
             await self.admission.admit(self.scope, wants.topics, expired)
         except ClientError as error:

@@ -22,7 +22,7 @@ from django.db import IntegrityError
 from django.http import HttpRequest
 
 from echo.access.patterns import PatternError, parse_list
-from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.capabilities import capabilities
 from echo.models import ApiKey
 
 KEY_PREFIX = "ek_"
@@ -190,7 +190,7 @@ class KeyRateLimit:
         """Count ``messages`` against ``key``'s limit of ``rate`` per second; a rate <= 0 is no limit."""
         if rate <= 0:
             return RateDecision(True)
-        if isinstance(layer, RedisFanoutChannelLayer):
+        if capabilities(layer).shared_state:
             redis = layer.redis()
             script = self._scripts.get(redis)
             if script is None:

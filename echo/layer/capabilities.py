@@ -1,9 +1,19 @@
-"""What the configured channel layer can do, found once per layer and said once in the log.
+"""What a channel layer can do: decided once per layer class, from its ``extensions``, and said once.
 
-Echo and live data work on any Channels layer with groups (plain ``group_send``). History, ``since``
-recovery, numbered frames and presence need this project's layer (``echo.layer``), which offers
-``group_history`` and friends; on another layer the consumer says so to clients that ask for them
-(a ``warning`` frame, a ``reset`` for ``since``) instead of failing.
+Echo and live data work on any Channels layer with groups (plain ``group_send``). The rest needs a
+layer that says it offers more in its ``extensions`` list, as Channels' layers say ``"groups"`` and
+``"flush"``; this project's layer (``echo.layer.RedisFanoutChannelLayer``) offers all of them:
+
+* ``numbered``: numbered frames, history and ``since`` recovery (``group_send_numbered``,
+  ``group_history``, ``numbered_groups``, ``history_length``);
+* ``shared_state``: a Redis client and key names for features that keep state beside the layer
+  (presence, the API keys' rate limit, the live view: ``redis()``, ``group_key``, ``prefix``,
+  ``group_send_local``, ``ping``, ``stats``, ``target``);
+* ``attach``: consumers called back without a task waiting in ``receive`` (``attach``, ``pace``,
+  ``receive_nowait_all``, ``forget_channel``; ``echo.ws.delivery``).
+
+On another layer the consumer says so to clients that ask for what is missing (a ``warning`` frame, a
+``reset`` for ``since``) instead of failing, and the features that need shared state are off.
 """
 
 from __future__ import annotations
@@ -14,34 +24,37 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+NUMBERED, SHARED_STATE, ATTACH = "numbered", "shared_state", "attach"
+
 
 @dataclass(frozen=True)
 class Capabilities:
-    numbered: bool  # numbered frames, history and since recovery (group_send_numbered, group_history)
-    presence: bool  # viewer counts shared through Redis
-    attach: bool  # consumers called back without a task waiting in receive() (echo.ws.delivery)
+    numbered: bool
+    shared_state: bool
+    attach: bool
+
+    @property
+    def presence(self) -> bool:
+        """Viewer counts shared across processes: kept in the layer's Redis."""
+        return self.shared_state
 
 
-_known: dict[int, Capabilities] = {}
+_known: dict[type, Capabilities] = {}
 
 
 def capabilities(layer: Any) -> Capabilities:
-    """What ``layer`` offers; the first time a layer is seen, one log line if it lacks something."""
-    found = _known.get(id(layer))
+    """What ``layer`` offers; the first time a layer class is seen, one log line if it lacks something."""
+    # The class, not the instance: channels-redis' pub/sub layer answers attribute lookups through a
+    # per-event-loop layer, which needs a running loop.
+    kind = type(layer)
+    found = _known.get(kind)
     if found is None:
-        # The class, not the instance: channels-redis' pub/sub layer answers attribute lookups
-        # through a per-event-loop layer, which needs a running loop.
-        kind = type(layer)
-        found = Capabilities(
-            numbered="numbered" in getattr(kind, "extensions", ()),
-            presence=hasattr(kind, "group_send_local") and hasattr(kind, "redis"),
-            attach=hasattr(kind, "attach") and hasattr(kind, "receive_nowait_all"),
-        )
-        _known[id(layer)] = found
+        offered = set(getattr(kind, "extensions", ()))
+        found = _known[kind] = Capabilities(NUMBERED in offered, SHARED_STATE in offered, ATTACH in offered)
         if not found.numbered:
             logger.warning(
                 "Channel layer %s keeps no history: live data and echo work, but frames carry no "
                 "position, 'history' gets a warning frame, 'since' a reset, and presence is off",
-                type(layer).__name__,
+                kind.__name__,
             )
     return found

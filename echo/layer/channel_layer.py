@@ -36,12 +36,14 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Collection
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 
+from echo.layer.capabilities import ATTACH, NUMBERED, SHARED_STATE
 from echo.layer.events import RESYNC_EVENT
 from echo.layer.fanout import Event, FanoutStats, LocalFanout
 from echo.layer.history import History, HistoryStore, group_key
@@ -89,7 +91,8 @@ class _LoopState:
 class RedisFanoutChannelLayer(BaseChannelLayer):
     """Channel layer over Redis pub/sub: one PUBLISH per group message, one delivery per process."""
 
-    extensions = ["groups", "flush", "numbered"]
+    # Channels' own, and this project's (echo.layer.capabilities says what each offers).
+    extensions = ["groups", "flush", NUMBERED, SHARED_STATE, ATTACH]
 
     def __init__(
         self,
@@ -173,7 +176,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         payload = msgpack.packb([channel, message], use_bin_type=True)
         await state.link.publish(self.inbox_channel(token), payload)
 
-    async def receive(self, channel: str) -> dict[str, Any]:
+    async def receive(self, channel: str) -> Event:
         """Return the next event for a local channel, waiting for one.
 
         Cancelling the wait (which is how Channels stops a consumer) forgets the channel and its
@@ -254,7 +257,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         if local is not None:
             local.max_rate = max_rate
 
-    def receive_nowait_all(self, channel: str) -> list[dict[str, Any]]:
+    def receive_nowait_all(self, channel: str) -> list[Event]:
         """Take every event already waiting for a local channel, without waiting (for batching)."""
         local = self._state().fanout.channels.get(channel)
         return local.take_all() if local is not None and local.events else []
@@ -301,8 +304,9 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     # ---------------------------------------------------------------- for presence and probes
 
     def group_send_local(self, group: str, message: dict[str, Any]) -> None:
-        """Deliver a message to this process's members of ``group`` only, without Redis."""
-        self._state().fanout.deliver_to_group(group, message)
+        """Deliver a message to this process's members of ``group`` only, without Redis (read-only: one
+        event for every member)."""
+        self._state().fanout.deliver_to_group(group, MappingProxyType(dict(message)))
 
     def redis(self) -> Any:
         """This event loop's Redis client, for features that keep shared state next to the layer.
@@ -354,8 +358,9 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
             state.fanout.deliver([target], event, behind=behind)
             return
         group = redis_channel[len(self._group_prefix) : -1]  # between the hash tag's braces
-        if group in state.fanout.groups:
-            state.fanout.deliver_to_group(group, msgpack.unpackb(data, raw=False), behind=behind)
+        if group in state.fanout.groups:  # one event for every member: read-only
+            event = MappingProxyType(msgpack.unpackb(data, raw=False))
+            state.fanout.deliver_to_group(group, event, behind=behind)
 
     def _on_restored(self, state: _LoopState, redis_channels: Collection[str]) -> None:
         """Called when channels are subscribed again after an outage: what was published was missed.

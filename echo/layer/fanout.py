@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from echo.layer.conflation import Conflation
@@ -28,7 +28,7 @@ from echo.layer.events import OVERFLOW_EVENT
 
 logger = logging.getLogger(__name__)
 
-Event = dict[str, Any]
+Event = Mapping[str, Any]  # group events are read-only: one object for every member
 
 
 class Channel:

@@ -32,6 +32,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from echo.layer.capabilities import capabilities
 from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.layer.redis_target import RedisTarget
 from echo.ops import metrics
@@ -87,7 +88,7 @@ def start_reporting(layer: Any) -> None:
     Only on this project's layer (another has no Redis to report to); once per process.
     """
     global _started
-    if _started or not isinstance(layer, RedisFanoutChannelLayer):
+    if _started or not capabilities(layer).shared_state:
         return
     _started = True
     thread = threading.Thread(

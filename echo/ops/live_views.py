@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET
 from redis.exceptions import RedisError
 
 from echo.errors import UNAVAILABLE, api_error
-from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.capabilities import capabilities
 from echo.models import ApiKey
 from echo.ops import live
 
@@ -43,7 +43,7 @@ async def data(request: HttpRequest) -> JsonResponse:
     if not (user.is_active and user.is_staff):
         return _no_store(api_error(403, "forbidden", "staff only"))
     layer = get_channel_layer()
-    if not isinstance(layer, RedisFanoutChannelLayer):
+    if not capabilities(layer).shared_state:
         detail = f"the channel layer {type(layer).__name__} keeps no live state (use echo.layer)"
         return _no_store(api_error(503, UNAVAILABLE, detail))
     try:

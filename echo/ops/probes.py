@@ -16,7 +16,7 @@ from typing import Any
 from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
-from echo.layer.channel_layer import RedisFanoutChannelLayer
+from echo.layer.capabilities import capabilities
 from echo.ops import live, metrics
 from echo.ws import connections
 
@@ -28,7 +28,8 @@ async def health() -> tuple[int, dict[str, Any]]:
     """200 if this process reaches Redis through the channel layer, else 503 with the reason."""
     layer = get_channel_layer()
     # This project's layer pings Redis; another layer is asked to do what it does, a group send.
-    reach = layer.ping() if hasattr(type(layer), "ping") else layer.group_send("healthz", {"type": "healthz"})
+    shared = capabilities(layer).shared_state
+    reach = layer.ping() if shared else layer.group_send("healthz", {"type": "healthz"})
     try:
         await asyncio.wait_for(reach, PING_TIMEOUT)
     except (RedisError, OSError, TimeoutError) as exc:
@@ -41,7 +42,7 @@ def readings() -> list[metrics.Reading]:
     """This process's gauges: connections open now, and the channel layer's counts since it started."""
     layer = get_channel_layer()
     values = [metrics.Reading("ws_connections_open", "WebSocket connections open now", connections.count())]
-    if isinstance(layer, RedisFanoutChannelLayer):
+    if capabilities(layer).shared_state:
         for name, value in layer.stats.as_dict().items():
             help_text = f"Channel layer: {name.replace('_', ' ')} (since start)"
             values.append(metrics.Reading(f"layer_{name}", help_text, value, since_start=True))
