@@ -157,3 +157,38 @@ def warning_frame(code: str, detail: str) -> str:
 def relay_event(text: str) -> dict[str, str]:
     """Wrap an encoded frame as the channel-layer event consumers relay unchanged."""
     return {"type": RELAY_EVENT, "text": text}
+
+
+class BadValues(FrameError):
+    """Raised for text that is not one number or one JSON object of numbers."""
+
+
+def parse_values(line: str) -> dict[str, float]:
+    """Parse the text of one message's values, as a line of ``push_data --source stdin`` and the body of
+    ``POST /api/publish/<topic>`` carry it: a number (series ``value``) or a JSON object of series to
+    numbers. Raises ``BadValues`` saying what is wrong; ``validate_values`` checks the rest."""
+    text = line.strip()
+    if not text:
+        raise BadValues("empty line")
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):  # also integers of over 4300 digits, and deep nesting
+        raise BadValues(f"not a number or a JSON object: {_shorten(text)}") from None
+    if isinstance(parsed, bool) or not isinstance(parsed, int | float | dict):
+        raise BadValues(f"not a number or a JSON object: {_shorten(text)}")
+    values = {"value": parsed} if isinstance(parsed, int | float) else parsed
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+            raise BadValues(f"series {name!r} is not a finite number: {_shorten(json.dumps(value))}")
+    return values
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -38,38 +38,6 @@ def test_system_reports_cpu_memory_and_load() -> None:
         validate_values(values)
 
 
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ("42\n", {"value": 42}),
-        ("-1.5e3", {"value": -1500.0}),
-        ('{"cpu": 12.5, "mem": 40}', {"cpu": 12.5, "mem": 40}),
-        ('  {"x": 0}  ', {"x": 0}),
-    ],
-)
-def test_parse_line_accepts_a_number_or_an_object_of_numbers(line: str, expected: dict) -> None:
-    assert feeds.parse_line(line) == expected
-
-
-@pytest.mark.parametrize(
-    ("line", "reason"),
-    [
-        ("", "empty"),
-        ("hello", "not a number or a JSON object"),
-        ("[1, 2]", "not a number or a JSON object"),
-        ("true", "not a number or a JSON object"),
-        ('"12"', "not a number or a JSON object"),
-        ('{"x": "12"}', "'x' is not a finite number"),
-        ('{"x": true}', "'x' is not a finite number"),
-        ("NaN", "not a finite number"),
-        ('{"x": Infinity}', "not a finite number"),
-    ],
-)
-def test_parse_line_rejects_anything_else_with_a_reason(line: str, reason: str) -> None:
-    with pytest.raises(feeds.BadLine, match=reason):
-        feeds.parse_line(line)
-
-
 def test_every_source_has_a_valid_default_topic() -> None:
     from echo.protocol import validate_topic
 

@@ -1,12 +1,11 @@
 """Data sources for ``push_data``: plain iterators of ``{series: number}`` that know nothing of Channels.
 
-Each source is an infinite iterator; the caller decides the pace. ``parse_line`` turns one line of
-text (from stdin) into values, for any shell pipeline to feed.
+Each source is an infinite iterator; the caller decides the pace. A line of text (``--source stdin``)
+is parsed by ``echo.protocol.parse_values``, as the HTTP publish API's body is.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -23,10 +22,6 @@ DEFAULT_TOPICS = {
     "system": "system",
     "stdin": "stdin",
 }
-
-
-class BadLine(ValueError):
-    """Raised for a line of input that is not one number or one JSON object of numbers."""
 
 
 def random_walk(start: float = 100.0, volatility: float = 0.002, seed: int | None = None) -> Iterator[Values]:
@@ -60,32 +55,3 @@ def system() -> Iterator[Values]:
             "memory": psutil.virtual_memory().percent,
             "load": os.getloadavg()[0],
         }
-
-
-def parse_line(line: str) -> Values:
-    """Parse one input line: a number (series ``value``) or a JSON object of series to numbers."""
-    text = line.strip()
-    if not text:
-        raise BadLine("empty line")
-    try:
-        parsed = json.loads(text)
-    except (ValueError, RecursionError):  # also integers of over 4300 digits, and deep nesting
-        raise BadLine(f"not a number or a JSON object: {_shorten(text)}") from None
-    if isinstance(parsed, bool) or not isinstance(parsed, int | float | dict):
-        raise BadLine(f"not a number or a JSON object: {_shorten(text)}")
-    values = {"value": parsed} if isinstance(parsed, int | float) else parsed
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
-            raise BadLine(f"series {name!r} is not a finite number: {_shorten(json.dumps(value))}")
-    return values
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -36,9 +36,8 @@ from echo.errors import UNAVAILABLE, api_error
 from echo.layer.history import valid_idempotency_key
 from echo.models import ApiKey
 from echo.ops import live
-from echo.protocol import FrameError, Position, validate_topic, validate_values
+from echo.protocol import FrameError, Position, parse_values, validate_topic, validate_values
 from echo.publishing.broadcast import LayerNotShared, apublish
-from echo.publishing.feeds import parse_line
 
 MAX_BATCH = 1000
 MAX_IDEMPOTENCY_HEADER = 100
@@ -160,9 +159,9 @@ def _stdin_values(body: bytes) -> dict[str, float | int]:
     """The values of a single publish: exactly what ``push_data --source stdin`` takes as one line."""
     text = _text(body)
     try:
-        return validate_values(parse_line(text))
-    except (ValueError, OverflowError, RecursionError) as exc:  # BadLine and FrameError are ValueErrors
-        _json(body)  # not JSON at all: say so (bad_json) rather than what parse_line said
+        return validate_values(parse_values(text))
+    except (ValueError, OverflowError, RecursionError) as exc:  # BadValues is a FrameError, a ValueError
+        _json(body)  # not JSON at all: say so (bad_json) rather than what parse_values said
         raise ApiError(400, "bad_values", _one_line(exc)) from None
 
 

@@ -22,9 +22,9 @@ from typing import IO
 from redis.exceptions import RedisError
 
 from echo.layer.redis_link import raise_if_cancelling, redact_url
-from echo.protocol import FrameError, Position
+from echo.protocol import BadValues, FrameError, Position, parse_values
 from echo.publishing.broadcast import Publisher, new_idempotency_key
-from echo.publishing.feeds import BadLine, Values, parse_line
+from echo.publishing.feeds import Values
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ async def lines_of(stream: IO[str]) -> AsyncIterator[Values]:
     while (line := await queue.get()) is not None:
         number += 1
         try:
-            yield parse_line(line)
-        except BadLine as exc:
+            yield parse_values(line)
+        except BadValues as exc:
             logger.warning("stdin line %d skipped: %s", number, exc)
 
 
