@@ -12,16 +12,19 @@ PYTEST_ARGS ?=
 # The bench's own npm packages (bench/node: a Node ws client and the Socket.IO peer), for make bench only.
 BENCH_NODE_STAMP := bench/node/node_modules/.installed-$(shell cat bench/node/package.json bench/node/package-lock.json | cksum | cut -d' ' -f1)
 
-.PHONY: run serve test lint format clean bench bench-full chaos
+.PHONY: run serve test test-fast lint format clean bench bench-full chaos
 
 run: $(STAMP) $(NODE_STAMP) ## Web server + a push_data feed on PORT (default 8000), Redis found or embedded; Ctrl-C stops all
-	PORT=$(PORT) $(PY) scripts/devenv.py run
+	PORT=$(PORT) $(PY) -m scripts.devenv run
 
 serve: $(STAMP) $(NODE_STAMP) ## The production server configuration on PORT, no feed (publish with manage.py push_data)
-	PORT=$(PORT) $(PY) scripts/devenv.py serve
+	PORT=$(PORT) $(PY) -m scripts.devenv serve
 
-test: $(STAMP) $(NODE_STAMP) ## The whole test suite against a real Redis (found or embedded)
-	$(PY) scripts/devenv.py exec -- $(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) $(NODE_STAMP) ## The whole test suite against a real Redis (found or embedded): what CI runs, about 11 minutes
+	$(PY) -m scripts.devenv exec -- $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Unit and in-process tests only (no server processes, browser, nginx, Node, Sentinel or Cluster): about a minute
+	$(PY) -m scripts.devenv exec -- $(PY) -m pytest -m "not system" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check, mypy type check
 	$(VENV)/bin/ruff check .
@@ -61,14 +64,14 @@ $(BENCH_NODE_STAMP): | $(STAMP)
 
 bench: $(STAMP) $(BENCH_NODE_STAMP) ## Quick benchmark (a few minutes): the production server against a plain websockets baseline; report in bench/results/
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile quick $(BENCH_ARGS)
+	$(PY) -m scripts.devenv exec -- $(PY) -m bench --profile quick $(BENCH_ARGS)
 
 bench-full: $(STAMP) $(BENCH_NODE_STAMP) ## The whole benchmark: the clients x rate grid, 50,000 idle clients (as many as the open-files limit allows), a burst of 10,000, workers and replicas, peers, conflation and compression
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(PY) scripts/devenv.py exec -- $(PY) -m bench --profile full $(BENCH_ARGS)
+	$(PY) -m scripts.devenv exec -- $(PY) -m bench --profile full $(BENCH_ARGS)
 
 chaos: $(STAMP) ## The chaos run (about 8 minutes): servers behind nginx, Redis and publishers faulted at random, every frame checked; report in bench/results/ (CHAOS_ARGS='--seed N --backends production,runserver')
-	$(PY) scripts/devenv.py exec -- $(PY) -m tests.chaos $(CHAOS_ARGS)
+	$(PY) -m scripts.devenv exec -- $(PY) -m scripts.chaos $(CHAOS_ARGS)
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache staticfiles node_modules bench/node/node_modules

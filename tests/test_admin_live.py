@@ -20,11 +20,17 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.accounts import Account, Browser, create_accounts, new_account
-from tests.browser import ARTIFACTS, CHROMIUM_ARGS, ConsoleWatcher, ms, require_chromium, require_frontend
-from tests.conftest import SERVER_COMMANDS
-from tests.publishing import create_key, publish, unique_name
-from tests.support import ROOT, Server, spawn, start_server, stop, timeout
+from tests.helpers.accounts import Account, Browser, create_accounts, new_account
+from tests.helpers.browser import (
+    ARTIFACTS,
+    CHROMIUM_ARGS,
+    ConsoleWatcher,
+    ms,
+    require_chromium,
+    require_frontend,
+)
+from tests.helpers.processes import ROOT, SERVER_COMMANDS, Server, spawn, start_server, stop, timeout
+from tests.helpers.publishing import create_key, publish, unique_name
 
 # Set SCREENSHOT_TO_DOCS=1 to refresh the README's picture (docs/admin-live.png) from this run.
 DOCS_SCREENSHOT = ROOT / "docs" / "admin-live.png"

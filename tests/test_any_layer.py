@@ -17,7 +17,8 @@ from django.test import override_settings
 
 from echo.layer.redis_target import parse_redis_url
 from echo.publishing.broadcast import Publisher
-from tests.support import ROOT, data_frames, http_get, spawn, start_server, stop, timeout
+from tests.helpers.clients import data_frames
+from tests.helpers.processes import ROOT, http_get, spawn, start_server, stop, timeout
 from wsproject.asgi import application
 
 ORIGIN = [(b"origin", b"http://localhost:8000")]

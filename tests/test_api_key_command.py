@@ -12,7 +12,7 @@ from pathlib import Path
 
 from echo.access.apikeys import authenticate_key, publish_grant, read_grant
 from echo.models import ApiKey
-from tests.publishing import api_key, unique_name
+from tests.helpers.publishing import api_key, unique_name
 
 
 def database_holds(text: str) -> bool:

@@ -10,7 +10,6 @@ without ``node`` the test is skipped, except under ``CI=true``, where it fails.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,6 +20,9 @@ import pytest
 from bench import peers, report, suite
 from bench.servers import ServerSpec
 from bench.targets import verdicts
+from tests.helpers.skips import skip_or_fail
+
+pytestmark = pytest.mark.system  # starts processes of its own (docs/testing.md: tiers)
 
 
 @pytest.fixture(scope="session")
@@ -29,9 +31,7 @@ def node_packages() -> None:
     try:
         node = peers.node_binary()
     except peers.NodeMissing as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must measure the Node peers: {exc}")
-        pytest.skip(f"the peers scenario needs Node.js: {exc}")
+        skip_or_fail(f"the peers scenario needs Node.js: {exc}")
     try:
         peers.check_node()
     except peers.NodeMissing:

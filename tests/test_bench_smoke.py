@@ -11,7 +11,6 @@ whole file near 35 s.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,9 @@ import pytest
 from bench import report, shards, suite
 from bench.servers import ServerSpec
 from bench.targets import verdicts
+from tests.helpers.skips import require_redis_server
+
+pytestmark = pytest.mark.system  # starts processes of its own (docs/testing.md: tiers)
 
 LATENCY_FIELDS = {"p50_ms", "p95_ms", "p99_ms", "max_ms"}
 CPU_FIELDS = {"seconds", "server_cpu_pct", "loadgen_cpu_pct"}
@@ -109,16 +111,8 @@ def test_uvicorn_can_be_measured() -> None:
     check_echo_and_fanout(run)
 
 
-def require_redis_7() -> None:
-    """Skip without a redis-server 7 (sharded pub/sub); fail instead under CI=true (as tests/postgres.py)."""
-    if reason := shards.redis_topology.missing_redis_server():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true, so this fails instead of skipping", pytrace=False)
-        pytest.skip(reason)
-
-
 def test_shards_compares_cluster_and_single(tmp_path: Path) -> None:
-    require_redis_7()
+    require_redis_server()  # sharded pub/sub needs redis-server 7
     run = run_smoke("default", ("shards",))
     result = run["scenarios"]["shards"]
     assert "skipped" not in result, result

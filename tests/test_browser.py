@@ -3,7 +3,7 @@
 Every wait is on a condition in the page (Playwright's ``wait_for_function`` / ``expect``) with a
 timeout scaled by TEST_TIMEOUT_FACTOR; nothing sleeps for a fixed time. The chart's data is read
 through the page's documented ``window.liveChart`` hook; frames the page sends are counted by a spy
-installed before the page's scripts run (tests/browser.py).
+installed before the page's scripts run (tests/helpers/browser.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.accounts import create_accounts, new_account
-from tests.browser import (
+from tests.helpers.accounts import create_accounts, new_account
+from tests.helpers.browser import (
     ARTIFACTS,
     CHROMIUM_ARGS,
     WEBSOCKET_FAILED,
@@ -29,8 +29,7 @@ from tests.browser import (
     require_frontend,
     restartable_server,
 )
-from tests.conftest import SERVER_COMMANDS
-from tests.support import ROOT, Server, start_server
+from tests.helpers.processes import ROOT, SERVER_COMMANDS, Server, start_server
 
 pytestmark = pytest.mark.browser
 

@@ -1,9 +1,9 @@
 """The chaos run, short (about two minutes): the stream contract holds through Redis, server and
 publisher faults.
 
-``tests/chaos.py`` says what runs; ``make chaos`` runs it for minutes and writes a report. Here the
+``scripts/chaos.py`` says what runs; ``make chaos`` runs it for minutes and writes a report. Here the
 run's report goes to the test's temporary directory and, on a failure, into the assertion message.
-The fault schedule comes from the tests' seed (``TEST_SEED``, tests/support.py), printed with the
+The fault schedule comes from the tests' seed (``TEST_SEED``, tests/helpers/processes.py), printed with the
 report; timings still vary from run to run, as on any machine.
 """
 
@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import chaos
-from tests.chaos_check import DUPLICATE, GAP, ClientLog, Connect, Data, Reset, check
-from tests.nginx import require_nginx
-from tests.support import SEED
+from scripts import chaos
+from scripts.chaos_check import DUPLICATE, GAP, ClientLog, Connect, Data, Reset, check
+from tests.helpers.nginx import require_nginx
+from tests.helpers.processes import SEED
+
+pytestmark = pytest.mark.system  # starts processes of its own (docs/testing.md: tiers)
 
 FAULT_SECONDS = 120.0
 FRAMES_AT_LEAST = 200  # per client; the quietest topic alone publishes over 800 in a run

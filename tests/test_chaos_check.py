@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tests.chaos_check import (
+from scripts.chaos_check import (
     BAD_SINCE,
     DUPLICATE,
     GAP,

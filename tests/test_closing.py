@@ -14,12 +14,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-import devenv
 import pytest
 import websockets
 
-from tests.support import Server, data_frames, spawn, start_server, stop, timeout
-from tests.test_faults import open_raw_client
+from scripts import devenv
+from tests.helpers.clients import data_frames, open_raw_client
+from tests.helpers.processes import Server, spawn, start_server, stop, timeout
 
 # The flood lasts 20 s; TEST_FLOOD_SECONDS shortens it (the contract is the same).
 FLOOD_SECONDS = float(os.environ.get("TEST_FLOOD_SECONDS", "20"))

@@ -12,18 +12,26 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import devenv
 import pytest
 from django.conf import settings
 
-from tests.support import LISTENING, ROOT, OutputWatcher, http_get, spawn, start_server, stop, timeout
+from scripts import devenv
+from tests.helpers.processes import (
+    LISTENING,
+    ROOT,
+    OutputWatcher,
+    http_get,
+    spawn,
+    start_server,
+    stop,
+    timeout,
+)
 from wsproject.cli import DEFAULT_ENV_FILE, create_dev_env_file, parse_env_file
 from wsproject.server import worker_count
 
@@ -78,14 +86,6 @@ def dev_env_file() -> Iterator[dict[str, str]]:
             DEFAULT_ENV_FILE.unlink(missing_ok=True)
 
 
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port that refuses connections: bound by us, never listening, for the whole test."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def runserver_with_reloader(env: dict[str, str]) -> Iterator[tuple[OutputWatcher, int]]:
     """`manage.py runserver` as typed, autoreloader and all: its own process group, stopped as a group."""
@@ -103,7 +103,7 @@ def runserver_with_reloader(env: dict[str, str]) -> Iterator[tuple[OutputWatcher
 def test_set_up_writes_the_env_file_once_and_manage_py_reads_it(tmp_path: Path) -> None:
     env_file = tmp_path / "dev.env"
     env = bare_env(DJANGO_ENV_FILE=str(env_file))
-    command = [sys.executable, "scripts/devenv.py", "exec", "--", *MANAGE, "shell", "-c", PRINT_SETTINGS]
+    command = [sys.executable, "-m", "scripts.devenv", "exec", "--", *MANAGE, "shell", "-c", PRINT_SETTINGS]
 
     first = run(command, env)
     assert f"devenv: wrote {env_file}" in first.stderr
@@ -152,6 +152,7 @@ def test_push_data_with_nothing_exported(dev_env_file: dict[str, str], topic: st
     assert result.stdout.startswith(f"published {topic} "), result.stdout
 
 
+@pytest.mark.system
 def test_runserver_with_nothing_exported_serves_the_page_in_debug(dev_env_file: dict[str, str]) -> None:
     with start_server([*RUNSERVER, "--noreload"], bare_env()) as server:
         status, body = http_get(server.http_url("/"))
@@ -164,6 +165,7 @@ def test_runserver_with_nothing_exported_serves_the_page_in_debug(dev_env_file: 
         assert NO_REDIS not in server.output.text()
 
 
+@pytest.mark.system
 def test_runserver_without_redis_says_how_to_get_one_once_and_serves(
     dev_env_file: dict[str, str], closed_port: int
 ) -> None:
@@ -189,6 +191,7 @@ PRODUCTION_MISTAKES = {
 
 
 @pytest.mark.parametrize("case", sorted(PRODUCTION_MISTAKES))
+@pytest.mark.system
 def test_a_settings_mistake_is_one_line_naming_what_to_set(dev_env_file: dict[str, str], case: str) -> None:
     exported, expected = PRODUCTION_MISTAKES[case]
     assert_one_line(run([*RUNSERVER, "--noreload"], bare_env(**exported)), expected)
@@ -225,6 +228,7 @@ def test_a_python_without_django_is_one_line() -> None:
     assert_one_line(result, r"^manage\.py: Django cannot be imported .*\.venv/bin/python manage\.py")
 
 
+@pytest.mark.system
 def test_the_production_server_reads_no_env_file(dev_env_file: dict[str, str]) -> None:
     # .env.dev has DEBUG on and a secret: the production server must refuse as if it were not there,
     # in one line as manage.py does (its main() calls wsproject.cli.load_settings()).
@@ -232,6 +236,7 @@ def test_the_production_server_reads_no_env_file(dev_env_file: dict[str, str]) -
     assert_one_line(result, r"^wsproject\.server: DJANGO_SECRET_KEY is not set")
 
 
+@pytest.mark.system
 def test_the_production_server_ignores_the_env_files_debug(dev_env_file: dict[str, str]) -> None:
     env = bare_env(DJANGO_SECRET_KEY="exported-secret", DJANGO_ALLOWED_HOSTS="127.0.0.1")
     with start_server(devenv.production_command("127.0.0.1", "0"), env) as server:
@@ -241,11 +246,12 @@ def test_the_production_server_ignores_the_env_files_debug(dev_env_file: dict[st
     assert "Not Found" in body
 
 
+@pytest.mark.system
 def test_make_serve_runs_production_settings_whatever_is_exported(
     dev_env_file: dict[str, str], tmp_path: Path
 ) -> None:
     env = bare_env(DJANGO_DEBUG="1", PORT="0", HOST="127.0.0.1", DJANGO_STATIC_ROOT=str(tmp_path))
-    with start_server([sys.executable, "scripts/devenv.py", "serve"], env) as server:
+    with start_server([sys.executable, "-m", "scripts.devenv", "serve"], env) as server:
         # make serve runs a worker per CPU: uvicorn's supervisor says it runs before they all listen.
         server.output.wait_for_count(r"Started server process \[\d+\]", worker_count("auto"), 30)
         status, body = http_get(server.http_url("/no-such-page"))

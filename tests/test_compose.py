@@ -29,8 +29,9 @@ import pytest
 import websockets
 import yaml
 
-from tests.postgres import empty_postgres_url  # noqa: F401 - a fixture
-from tests.support import ROOT, OutputWatcher, data_frames, next_echo, spawn, start_server, stop, timeout
+from tests.helpers.clients import data_frames, next_echo
+from tests.helpers.processes import ROOT, OutputWatcher, spawn, start_server, stop, timeout
+from tests.helpers.skips import skip_or_fail
 from wsproject.server import worker_count
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -169,9 +170,7 @@ def docker_compose() -> str:
     if found:
         return found
     reason = "no docker-compose: apt-get install -y docker-compose (validates the file, no engine needed)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true but {reason}", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail(reason)
 
 
 def test_docker_compose_config_accepts_the_file_with_nothing_exported(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import dj_database_url
 import pytest
 
-from tests.support import ROOT, timeout
+from tests.helpers.processes import ROOT, timeout
 
 SCRIPT = ROOT / "deploy" / "compose_secrets.py"
 SECRET_VARIABLES = ("DJANGO_SECRET_KEY", "POSTGRES_PASSWORD")

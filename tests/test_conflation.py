@@ -12,7 +12,8 @@ import websockets
 from echo.errors import ClientError
 from echo.layer.conflation import Conflation
 from echo.ws.subscription import parse_subscription
-from tests.support import Server, data_frames, next_echo, spawn, stop, timeout
+from tests.helpers.clients import data_frames, next_echo
+from tests.helpers.processes import Server, spawn, stop, timeout
 
 
 def test_a_topic_sends_at_most_once_per_interval_and_holds_only_its_newest_frame() -> None:

@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from echo.protocol import DEFAULT_TOPIC, topic_group
 from echo.publishing import broadcast
 from echo.publishing.broadcast import Publisher
-from tests.support import data_frames
+from tests.helpers.clients import data_frames
 from wsproject.asgi import application
 
 ORIGIN = (b"origin", b"http://localhost:8000")

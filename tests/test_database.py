@@ -4,14 +4,13 @@ Each user is made by the real command in its own process, then logs into the Dja
 production server process (the one `make serve` and compose run) given the same ``DATABASE_URL``,
 through a real HTTP client that keeps cookies and sends the CSRF token back with the form, as a
 browser does. Both databases: the test session's SQLite file (conftest) and a fresh PostgreSQL
-database (tests/postgres.py: skipped without a local PostgreSQL, failed under CI=true). And `make run`
-and `make serve` (scripts/devenv.py) migrate a new database by themselves before serving.
+database (tests/helpers/postgres.py: skipped without a local PostgreSQL, failed under CI=true). And `make run`
+and `make serve` (scripts.devenv) migrate a new database by themselves before serving.
 """
 
 from __future__ import annotations
 
 import http.cookiejar
-import os
 import re
 import secrets
 import subprocess
@@ -24,12 +23,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import devenv
 import psycopg
 import pytest
 
-from tests.postgres import postgres_url  # noqa: F401 - a fixture
-from tests.support import ROOT, Server, start_server, timeout
+from scripts import devenv
+from tests.helpers.processes import ROOT, Server, start_server, timeout
 
 PRODUCTION = devenv.production_command("127.0.0.1", "0")
 ADMIN_INDEX = "Site administration"
@@ -134,22 +132,6 @@ def assert_refused(page: Page, browser: AdminBrowser) -> None:
     assert browser.open("/admin/").path == "/admin/login/"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """The session's SQLite file (conftest: migrated), then a migrated PostgreSQL database of its own."""
-    if request.param == "postgresql":
-        return str(request.getfixturevalue("postgres_url"))
-    url = os.environ["DATABASE_URL"]
-    assert url.startswith("sqlite:"), url
-    return url
-
-
-@pytest.fixture
-def database_env(server_env: dict[str, str], database_url: str) -> dict[str, str]:
-    """The production environment, on ``database_url``: for the command and the server alike."""
-    return {**server_env, "DATABASE_URL": database_url}
-
-
 @pytest.fixture
 def admin_server(database_env: dict[str, str]) -> Iterator[Server]:
     with start_server(PRODUCTION, database_env) as server:
@@ -195,7 +177,7 @@ def test_the_login_form_is_refused_without_its_csrf_token(
 
 
 def test_database_url_selects_postgresql(
-    postgres_url: str,  # noqa: F811 - the fixture imported above
+    postgres_url: str,
     server_env: dict[str, str],
 ) -> None:
     user = new_credentials()
@@ -239,7 +221,7 @@ def test_make_run_and_serve_migrate_a_new_database_first(
         "DJANGO_STATIC_ROOT": str(tmp_path / "static"),  # serve collects into it
     }
     assert not database.exists()
-    with start_server([sys.executable, "scripts/devenv.py", action], env) as server:
+    with start_server([sys.executable, "-m", "scripts.devenv", action], env) as server:
         if action == "serve":  # the supervisor binds the socket; the workers listen once they are up
             server.output.wait_for_count(r"Started server process \[\d+\]", 2, 30)
         user = new_credentials()

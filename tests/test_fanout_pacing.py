@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from echo.layer.fanout import FanoutStats, LocalFanout
-from tests.support import timeout
+from tests.helpers.processes import timeout
 
 
 def numbered(seq: int) -> dict:

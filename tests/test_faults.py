@@ -13,21 +13,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from base64 import b64encode
 
-import devenv
 import psutil
 import pytest
 import websockets
 
-from tests.redis_process import RedisProcess
-from tests.support import (
+from scripts import devenv
+from scripts.redis_server import RedisServer
+from tests.helpers.clients import data_frames, next_echo, open_raw_client
+from tests.helpers.processes import (
     OutputWatcher,
     Server,
-    data_frames,
     http_get,
     metric,
-    next_echo,
     spawn,
     start_server,
     stop,
@@ -86,7 +84,7 @@ def positions(frames: list[dict]) -> list[tuple[str, int]]:
 
 
 async def test_redis_restarted_empty_resets_each_client_and_live_data_is_back_within_2_s(
-    server_env: dict[str, str], private_redis: RedisProcess, topic: str
+    server_env: dict[str, str], private_redis: RedisServer, topic: str
 ) -> None:
     env = {**server_env, "REDIS_URL": private_redis.url}
     with start_server(devenv.production_command("127.0.0.1", "0"), env) as server:
@@ -142,7 +140,7 @@ async def test_redis_restarted_empty_resets_each_client_and_live_data_is_back_wi
 async def test_redis_restarted_with_its_data_carries_every_stream_on_without_a_reset(
     server_env: dict[str, str], topic: str
 ) -> None:
-    redis = RedisProcess(persistent=True)  # append-only file, synced on every write
+    redis = RedisServer(persistent=True)  # append-only file, synced on every write
     redis.start()
     env = {**server_env, "REDIS_URL": redis.url}
     try:
@@ -183,21 +181,6 @@ async def test_redis_restarted_with_its_data_carries_every_stream_on_without_a_r
     missed = returner.data()
     assert [f["seq"] for f in missed] == list(range(left_at[1] + 1, missed[-1]["seq"] + 1))
     assert missed[0].get("replay") is True
-
-
-def open_raw_client(port: int, path: str) -> socket.socket:
-    """A WebSocket client that completes the handshake and then never reads its socket again."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    key = b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    assert b" 101 " in sock.recv(4096).split(b"\r\n", 1)[0]
-    return sock
 
 
 @pytest.mark.slow

@@ -10,14 +10,14 @@ import re
 import socket
 import time
 
-import devenv
 import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SERVER_COMMANDS
-from tests.support import Server, data_frames, http_get, metric, next_echo, start_server, stop, timeout
+from scripts import devenv
+from tests.helpers.clients import data_frames, next_echo
+from tests.helpers.processes import SERVER_COMMANDS, Server, http_get, metric, start_server, stop, timeout
 
 
 async def still_serving(server: Server) -> None:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.publishing import Answer, create_key, publish, request
-from tests.support import Server, http_get
+from tests.helpers.processes import Server, http_get
+from tests.helpers.publishing import Answer, create_key, publish, request
 
 # Header values http.client can send: printable Latin-1, no line breaks; without the bytes daphne refuses
 # itself (an HTML 400 from runserver before Django sees the request: daphne.utils.INVALID_HEADER_VALUE_BYTES).

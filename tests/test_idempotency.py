@@ -20,8 +20,8 @@ from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.protocol import topic_group
 from echo.publishing.broadcast import Publisher, new_idempotency_key
 from echo.publishing.pump import Pump
-from tests.publishing import create_key, request
-from tests.support import Server, timeout
+from tests.helpers.processes import Server, timeout
+from tests.helpers.publishing import create_key, request
 
 
 class AnswerCutter:

@@ -24,11 +24,11 @@ import pytest
 import websockets
 
 from echo.access.patterns import MAX_WILDCARDS, PatternError, parse
-from tests.accounts import Browser, create_accounts, new_account
-from tests.conftest import ROOT, SERVER_COMMANDS
-from tests.publishing import api_key, create_key, unique_name
-from tests.support import Server, next_echo, start_server, timeout
-from tests.test_private_topics import RULES_WITH_PERMISSIONS, connect, frames, publish, refusal
+from tests.helpers.accounts import Browser, create_accounts, new_account
+from tests.helpers.clients import next_echo
+from tests.helpers.private_topics import RULES_WITH_PERMISSIONS, connect, publish, receive_frames, refusal
+from tests.helpers.processes import ROOT, SERVER_COMMANDS, Server, start_server, timeout
+from tests.helpers.publishing import api_key, create_key, unique_name
 
 REVOKED_WITHIN = 2.0  # seconds: the bound for a revocation to close every socket
 
@@ -88,7 +88,7 @@ async def test_a_read_grant_is_narrowed_by_the_rules(strict: Server, topic: str,
         async with connect(strict, f"topics={allowed}&history=0", protocols=protocols) as ws:
             await ws.send("*")
             assert await next_echo(ws) == "*", allowed
-            (presence,) = await frames(ws, "presence")
+            (presence,) = await receive_frames(ws, "presence")
             if allowed == "members-news":
                 assert presence["users"] == [f"key:{name}"]
     listed = Browser(strict).request("/api/topics", headers={"Authorization": f"Bearer {key}"}).json()

@@ -22,7 +22,7 @@ from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.ops import live, metrics
 from echo.protocol import encode_data_frame_around_position, topic_group
 from echo.ws.presence import Presence
-from tests.support import timeout
+from tests.helpers.processes import timeout
 
 REDIS_URL = os.environ["REDIS_URL"]
 

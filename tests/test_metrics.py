@@ -14,13 +14,14 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import devenv
 import pytest
 import websockets
 
 from echo.ops.metrics import COUNTERS
-from tests.nginx import require_nginx, start_nginx
-from tests.support import Server, http_get, next_echo, start_server, timeout
+from scripts import devenv
+from tests.helpers.clients import next_echo
+from tests.helpers.nginx import require_nginx, start_nginx
+from tests.helpers.processes import Server, http_get, start_server, timeout
 
 WORKERS_COMMAND = [*devenv.production_command("127.0.0.1", "0"), "--workers", "2"]
 # Logged by each worker once it has loaded the app (the socket is the supervisor's, bound already).

@@ -23,12 +23,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import devenv
 import pytest
 import websockets
 
-from tests.nginx import require_nginx, start_nginx
-from tests.support import OutputWatcher, Server, data_frames, spawn, start_server, stop, timeout
+from scripts import devenv
+from tests.helpers.clients import data_frames
+from tests.helpers.nginx import require_nginx, start_nginx
+from tests.helpers.processes import OutputWatcher, Server, spawn, start_server, stop, timeout
 
 CLOSE_GOING_AWAY = 1001
 

@@ -6,16 +6,8 @@ import asyncio
 
 import pytest
 
+from tests.helpers.event_loop import loop_turns
 from wsproject.primitives import Flag, ReceiveQueue
-
-
-async def loop_turns(count: int = 3) -> None:
-    """Let the event loop run everything that is ready, ``count`` times over."""
-    loop = asyncio.get_running_loop()
-    for _ in range(count):
-        turn = loop.create_future()
-        loop.call_soon(turn.set_result, None)
-        await turn
 
 
 async def test_the_queue_hands_items_over_in_order_and_wakes_a_waiting_reader() -> None:

@@ -7,98 +7,32 @@ publisher through Redis; clients are the `websockets` library's.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import websockets
 from django.core import signing
-from websockets.exceptions import ConnectionClosed
 
 from echo.layer.channel_layer import RedisFanoutChannelLayer
-from echo.publishing.broadcast import Publisher
-from tests.accounts import Browser, create_accounts, new_account
-from tests.conftest import SERVER_COMMANDS
-from tests.postgres import postgres_url  # noqa: F401 - a fixture
-from tests.publishing import api_key, create_key, unique_name
-from tests.support import Server, data_frames, next_echo, start_server, timeout
-
-PROTOCOL = "echo.v1"
-TOKEN_PREFIX = "echo.token."
-RULES_WITH_PERMISSIONS = {
-    "ops-*": "perm:auth.view_user",
-    "team-red-*": "group:red",
-    "members-*": "authenticated",
-    "user-{user_id}": "owner",
-    "user-*": "nobody",
-    "*": "public",
-}
-
-
-def connect(
-    server: Server, query: str, *, browser: Browser | None = None, protocols: list[str] | None = None
-):
-    """A WebSocket from the page's origin, with the browser's cookies and/or a token's protocols."""
-    headers = {"Cookie": browser.cookie_header} if browser is not None else None
-    return websockets.connect(
-        server.ws_url(f"/ws/echo/?{query}"),
-        origin=server.origin,
-        additional_headers=headers,
-        subprotocols=protocols,  # type: ignore[arg-type]
-    )
-
-
-async def frames(ws: Any, kind: str, count: int = 1, seconds: float = 10) -> list[dict[str, Any]]:
-    """The next ``count`` frames of one type, skipping others."""
-    found: list[dict[str, Any]] = []
-    while len(found) < count:
-        message = await asyncio.wait_for(ws.recv(), timeout(seconds))
-        found += [frame for frame in data_frames(message) if frame["type"] == kind]
-    return found[:count]
-
-
-async def refusal(ws: Any, *, served: bool = False) -> tuple[dict[str, Any], int | None]:
-    """The error frame and close code of a refused connection; fails if any data came first, unless
-    the connection was ``served`` before it is closed."""
-    error = None
-    try:
-        while True:
-            message = await asyncio.wait_for(ws.recv(), timeout(10))
-            for frame in data_frames(message):
-                assert served or frame["type"] == "error", f"a refused connection got {frame}"
-                if frame["type"] == "error":
-                    error = frame
-    except ConnectionClosed as closed:
-        assert error is not None, "closed without an error frame"
-        return error, closed.rcvd.code if closed.rcvd else None
-
-
-async def publish(topic: str, value: float, layer: object | None = None) -> int:
-    return (await Publisher(layer).publish(topic, {"v": value})).seq  # type: ignore[arg-type]
+from tests.helpers.accounts import Browser, create_accounts, new_account
+from tests.helpers.clients import next_echo
+from tests.helpers.private_topics import (
+    PROTOCOL,
+    RULES_WITH_PERMISSIONS,
+    TOKEN_PREFIX,
+    connect,
+    publish,
+    receive_frames,
+    refusal,
+)
+from tests.helpers.processes import SERVER_COMMANDS, Server, start_server
+from tests.helpers.publishing import api_key, create_key, unique_name
 
 
 @pytest.fixture
 def production(server_env: dict[str, str]) -> Iterator[Server]:
     with start_server(SERVER_COMMANDS["production"], server_env) as running:
         yield running
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_env(request: pytest.FixtureRequest, server_env: dict[str, str]) -> dict[str, str]:
-    """The environment of a server on the session's SQLite file, then on a PostgreSQL database."""
-    if request.param == "sqlite":
-        return server_env
-    # Its own Redis namespace too: user ids start again at 1 in a new database, and user-1 of the
-    # session's database may have history already.
-    prefix = "wsdemo-test-pg-" + uuid.uuid4().hex[:8]
-    return {
-        **server_env,
-        "DATABASE_URL": request.getfixturevalue("postgres_url"),
-        "CHANNEL_LAYER_PREFIX": prefix,
-    }
 
 
 async def test_the_owner_reads_their_topic_and_nobody_else_does(database_env: dict[str, str]) -> None:
@@ -129,10 +63,10 @@ async def test_the_owner_reads_their_topic_and_nobody_else_does(database_env: di
             connect(server, f"topics={owner.topic}", browser=browsers[admin.username]) as admins,
         ):
             for ws in (mine, admins):
-                assert [f["values"] for f in await frames(ws, "data")] == [{"v": 1.0}]
+                assert [f["values"] for f in await receive_frames(ws, "data")] == [{"v": 1.0}]
             seq = await publish(owner.topic, 2.0, layer)
             for ws in (mine, admins):
-                (frame,) = await frames(ws, "data")
+                (frame,) = await receive_frames(ws, "data")
                 assert (frame["topic"], frame["seq"], frame["values"]) == (owner.topic, seq, {"v": 2.0})
     await layer.flush()
 
@@ -207,7 +141,7 @@ async def test_a_connection_token_replaces_the_cookie_and_is_not_logged(
     await publish(owner.topic, 5.0)
     async with connect(server, f"topics={owner.topic}", protocols=issued["protocols"]) as ws:  # no cookie
         assert ws.subprotocol == PROTOCOL
-        assert [f["values"] for f in await frames(ws, "data")] == [{"v": 5.0}]
+        assert [f["values"] for f in await receive_frames(ws, "data")] == [{"v": 5.0}]
     server.output.drain(seconds=1)
     assert issued["token"] not in server.output.text()
     assert browser.cookie("sessionid") not in server.output.text()
@@ -286,7 +220,7 @@ async def test_an_expired_token_closes_the_connection_and_a_new_one_resumes_with
         issued = browser.connection_token()
         first = await publish(account.topic, 1.0)
         async with connect(server, f"topics={account.topic}&history=1", protocols=issued["protocols"]) as ws:
-            (frame,) = await frames(ws, "data")
+            (frame,) = await receive_frames(ws, "data")
             epoch, last = frame["epoch"], frame["seq"]
             assert last == first
             error, code = await refusal(ws, served=True)  # the token runs out while connected
@@ -303,7 +237,7 @@ async def test_an_expired_token_closes_the_connection_and_a_new_one_resumes_with
         async with connect(
             server, f"topics={account.topic}&since={since}", protocols=renewed["protocols"]
         ) as ws:
-            assert [f["seq"] for f in await frames(ws, "data", count=3)] == missed
+            assert [f["seq"] for f in await receive_frames(ws, "data", count=3)] == missed
 
 
 async def test_the_topic_list_shows_only_readable_topics(
@@ -335,7 +269,7 @@ async def test_presence_on_a_private_topic_names_who_watches(production: Server)
         connect(production, query, browser=sessions[admin.username]),
     ):
         while True:
-            (frame,) = await frames(mine, "presence")
+            (frame,) = await receive_frames(mine, "presence")
             if frame["count"] == 2:
                 break
         assert frame["users"] == sorted([owner.username, admin.username])
@@ -344,7 +278,7 @@ async def test_presence_on_a_private_topic_names_who_watches(production: Server)
 
 async def test_public_topics_keep_an_anonymous_count(production: Server, topic: str) -> None:
     async with connect(production, f"topics={topic}&history=0") as ws:
-        (frame,) = await frames(ws, "presence")
+        (frame,) = await receive_frames(ws, "presence")
     assert frame == {"type": "presence", "topic": topic, "count": 1}
 
 

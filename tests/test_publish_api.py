@@ -9,17 +9,17 @@ import random
 import sys
 import uuid
 
-import devenv
 import pytest
 import websockets
 from channels.layers import InMemoryChannelLayer
 
 from echo.access.apikeys import KeyRateLimit
 from echo.models import ApiKey
-from tests.conftest import SERVER_COMMANDS
-from tests.publishing import api_key, create_key, publish, publish_batch, request, unique_name
-from tests.redis_process import RedisProcess
-from tests.support import Server, data_frames, next_echo, spawn, start_server, timeout
+from scripts import devenv
+from scripts.redis_server import RedisServer
+from tests.helpers.clients import data_frames, next_echo
+from tests.helpers.processes import SERVER_COMMANDS, Server, spawn, start_server, timeout
+from tests.helpers.publishing import api_key, create_key, publish, publish_batch, request, unique_name
 
 
 async def watch(server: Server, *topics: str) -> websockets.ClientConnection:
@@ -247,7 +247,7 @@ async def test_the_per_process_limit_on_other_layers_decides_as_the_shared_one(l
 async def test_redis_unreachable_is_503_and_publishing_resumes_when_it_is_back(
     server_env: dict[str, str], topic: str
 ) -> None:
-    redis = RedisProcess()
+    redis = RedisServer()
     redis.start()
     key = await asyncio.to_thread(create_key)
     try:

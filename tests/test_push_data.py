@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from echo.protocol import topic_group
-from tests.support import ROOT, OutputWatcher, spawn, stop, timeout
+from tests.helpers.processes import ROOT, OutputWatcher, spawn, stop, timeout
 
 MANAGE = [sys.executable, "manage.py", "push_data"]
 

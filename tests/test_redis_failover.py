@@ -1,5 +1,5 @@
 """Beyond one Redis: fan-out through a Sentinel-watched master and a Redis Cluster, and a master
-killed mid-stream, on real servers started here (``scripts/redis_topology.py``).
+killed mid-stream, on real servers started here (``scripts.redis_topology``).
 
 Two production server processes, one ``push_data`` per topic, clients recording every frame (the
 chaos run's clients) and the chaos run's checker over what they received: after the failover live
@@ -16,18 +16,17 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Callable
 
-import devenv
 import pytest
 from redis.crc import key_slot
-from redis_topology import RedisNode
 
 from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.layer.events import RESYNC_EVENT
 from echo.protocol import topic_group
-from tests import chaos
-from tests.chaos_check import ClientLog, Data, Published, Reset, check, final_positions
-from tests.publishing import create_key, publish
-from tests.support import SEED, Server, http_get, start_server, timeout
+from scripts import chaos, devenv
+from scripts.chaos_check import ClientLog, Data, Published, Reset, check, final_positions
+from scripts.redis_server import RedisNode
+from tests.helpers.processes import SEED, Server, http_get, start_server, timeout
+from tests.helpers.publishing import create_key, publish
 
 RECOVERY_SECONDS = 10.0  # live data again after a promotion (the issue's bound)
 UNSHARDED_STALL_SECONDS = 1.0  # the longest a topic of another shard may go without a frame (20/s)
@@ -35,7 +34,7 @@ RATE = 20.0  # messages/s per topic
 PREFIX = f"failover-{SEED}"
 TEXT = ('{"type":"data","epoch":"', '","seq":', "}")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.system, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def group_channel(topic: str) -> str:

@@ -17,8 +17,8 @@ import redis
 
 from echo.layer.channel_layer import RedisFanoutChannelLayer
 from echo.layer.redis_target import parse_redis_url
-from tests.redis_process import RedisProcess
-from tests.support import timeout
+from scripts.redis_server import RedisServer
+from tests.helpers.processes import timeout
 
 TEXT = ('{"type":"data","epoch":"', '","seq":', "}")
 
@@ -64,8 +64,8 @@ def test_a_malformed_url_says_what_is_wrong_without_its_password(url: str, probl
 
 
 @pytest.fixture
-def master_and_replica() -> Iterator[tuple[RedisProcess, RedisProcess]]:
-    servers = [RedisProcess(), RedisProcess()]
+def master_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
+    servers = [RedisServer(), RedisServer()]
     for server in servers:
         server.start()
     master, replica = servers
@@ -82,6 +82,7 @@ def master_and_replica() -> Iterator[tuple[RedisProcess, RedisProcess]]:
         shutil.rmtree(server.dir, ignore_errors=True)
 
 
+@pytest.mark.system
 async def test_a_promoted_replica_starts_new_epochs_instead_of_numbering_again(master_and_replica) -> None:
     """Replication is asynchronous: the old master's last seqs may be missing on the promoted replica.
     Numbering on from what it has would give those seqs to other data, which clients would drop as
@@ -111,9 +112,10 @@ async def test_a_promoted_replica_starts_new_epochs_instead_of_numbering_again(m
     await new_layer.flush()
 
 
+@pytest.mark.system
 async def test_a_server_restarted_with_its_data_continues_its_streams(tmp_path) -> None:
     """Its replication ID changes too, but it was not promoted: its streams are its own, go on."""
-    server = RedisProcess(persistent=True)
+    server = RedisServer(persistent=True)
     server.start()
     try:
         layer = RedisFanoutChannelLayer([server.url], prefix=f"restart-{uuid.uuid4().hex[:8]}")

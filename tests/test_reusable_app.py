@@ -25,8 +25,12 @@ import pytest
 import redis
 import websockets
 
-from tests.conftest import REDIS_URL
-from tests.support import ROOT, Server, data_frames, http_get, next_echo, start_server, timeout
+from tests.helpers.clients import next_echo, receive_frames
+from tests.helpers.processes import ROOT, Server, http_get, start_server, timeout
+
+pytestmark = pytest.mark.system  # starts processes of its own (docs/testing.md: tiers)
+
+REDIS_URL = os.environ["REDIS_URL"]  # the session's Redis (tests/conftest.py sets it)
 
 SETTINGS = """\
 import os
@@ -240,19 +244,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         client.close()
 
 
-async def data_frames_from(ws: websockets.ClientConnection, count: int) -> list[dict]:
-    """The next ``count`` data frames, skipping presence frames (the client's own arrival counts)."""
-    frames: list[dict] = []
-    while len(frames) < count:
-        text = await asyncio.wait_for(ws.recv(), timeout(10))
-        for frame in data_frames(text):
-            assert frame["type"] in ("data", "presence"), frame
-            if frame["type"] == "data":
-                frames.append(frame)
-    assert len(frames) == count, frames  # nothing more came in the last text frame
-    return frames
-
-
 async def test_an_order_saved_in_another_project_reaches_a_websocket_client(site: Site) -> None:
     server = site.server
     log_start = len(server.output.text())
@@ -263,9 +254,9 @@ async def test_an_order_saved_in_another_project_reaches_a_websocket_client(site
         assert await next_echo(ws) == "hi"
 
         await asyncio.to_thread(site.create_order, "12.50")
-        [first] = await data_frames_from(ws, 1)
+        [first] = await receive_frames(ws, "data", 1, strict=True)
         await asyncio.to_thread(site.create_order, "3.99")
-        [second] = await data_frames_from(ws, 1)
+        [second] = await receive_frames(ws, "data", 1, strict=True)
 
     assert first["topic"] == second["topic"] == "orders"
     assert first["values"] == {"id": 1, "total": 12.5}
@@ -289,7 +280,7 @@ async def test_push_data_comes_with_the_app(site: Site) -> None:
         server.ws_url("/ws/echo/?topics=prices&history=0"), origin=server.origin
     ) as ws:
         output = await asyncio.to_thread(site.manage, "push_data", "--count", "2", "--rate", "50", "-v", "2")
-        frames = await data_frames_from(ws, 2)
+        frames = await receive_frames(ws, "data", 2, strict=True)
     published = re.findall(r"^published prices (\S+) (\d+)$", output, re.MULTILINE)
     assert [(f["epoch"], str(f["seq"])) for f in frames] == published
     assert all(set(f["values"]) == {"price"} for f in frames)

@@ -16,18 +16,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import SERVER_COMMANDS
-from tests.support import OutputWatcher, Server, data_frames, next_echo, spawn, start_server, stop, timeout
-
-
-async def data_frames_from(ws: websockets.ClientConnection, count: int, seconds: float = 15):
-    """Yield the next ``count`` data frames from a socket, skipping presence frames."""
-    seen = 0
-    while seen < count:
-        for frame in data_frames(await asyncio.wait_for(ws.recv(), timeout(seconds))):
-            if frame["type"] == "data" and seen < count:
-                seen += 1
-                yield frame
+from tests.helpers.clients import next_echo, receive_frames
+from tests.helpers.processes import SERVER_COMMANDS, OutputWatcher, Server, spawn, start_server, stop, timeout
 
 
 def fetch(url: str) -> tuple[int, dict[str, str], str]:
@@ -83,7 +73,7 @@ async def test_text_and_binary_echo_and_pushed_frames_end_to_end(
         command = [sys.executable, "manage.py", "push_data", "--count", "3", "--rate", "50", "--topic", topic]
         pusher = spawn(command, os.environ)
         output = OutputWatcher(pusher)
-        frames = [frame async for frame in data_frames_from(ws, 3)]
+        frames = await receive_frames(ws, "data", 3, seconds=15)
         assert await asyncio.to_thread(pusher.wait, timeout(15)) == 0, output.drain()
     assert [f["seq"] for f in frames] == [1, 2, 3]
     assert all(f["type"] == "data" and f["topic"] == topic and "price" in f["values"] for f in frames)
@@ -203,7 +193,7 @@ async def test_compression_is_negotiated_with_clients_that_offer_it_and_both_kin
                 os.environ,
             )
             try:
-                received = [[f async for f in data_frames_from(ws, 20)] for ws in (deflating, plain)]
+                received = [await receive_frames(ws, "data", 20, seconds=15) for ws in (deflating, plain)]
             finally:
                 stop(pusher)
             assert received[0] == received[1]

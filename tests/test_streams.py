@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 
 from echo.protocol import Position, topic_group
 from echo.publishing.broadcast import Publisher
-from tests.support import data_frames
+from tests.helpers.clients import data_frames
 from wsproject.asgi import application
 
 ORIGIN = [(b"origin", b"http://localhost:8000")]

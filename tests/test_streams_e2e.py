@@ -10,16 +10,8 @@ import sys
 import pytest
 import websockets
 
-from tests.support import (
-    OutputWatcher,
-    Server,
-    data_frames,
-    seeded_random,
-    spawn,
-    start_server,
-    stop,
-    timeout,
-)
+from tests.helpers.clients import data_frames
+from tests.helpers.processes import OutputWatcher, Server, seeded_random, spawn, start_server, stop, timeout
 
 PUSH = [sys.executable, "manage.py", "push_data", "--source", "sine"]
 RUNSERVER = [sys.executable, "manage.py", "runserver", "127.0.0.1:0", "--noreload"]
