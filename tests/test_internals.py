@@ -34,8 +34,9 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from echo.ws.connections import DIRECT_SEND_TEXT
-from tests.support import ROOT, next_echo, start_server, stop, timeout
-from tests.test_primitives import loop_turns
+from tests.helpers.clients import next_echo
+from tests.helpers.event_loop import loop_turns
+from tests.helpers.processes import ROOT, start_server, stop, timeout
 from wsproject import server, uvicorn_ws, versions
 from wsproject.primitives import Flag, ReceiveQueue
 from wsproject.uvicorn_ws import BoundedWebSocketProtocol
