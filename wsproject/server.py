@@ -25,7 +25,7 @@ import uvicorn
 
 from echo.conf import app_settings
 from echo.ops import metrics
-from wsproject import uvicorn_ws
+from wsproject import uvicorn_ws, versions
 from wsproject.cli import configuration_errors, fail, load_settings
 
 PROGRAM = "wsproject.server"
@@ -104,7 +104,7 @@ def main() -> None:
     # Django configures logging in each worker when it loads the app; this covers the supervisor.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_settings(PROGRAM)
-    if problem := uvicorn_ws.refusal():
+    if problem := uvicorn_ws.refusal() or versions.app_refusal():
         fail(PROGRAM, problem)
     metrics.share_between_workers(args.workers)
     # uvicorn.run() also swallows the KeyboardInterrupt it re-raises after a graceful Ctrl-C.

@@ -1,7 +1,9 @@
 """The startup check that a package whose internals we build on is the version our tests ran against.
 
 ``wsproject/uvicorn_ws.py`` and ``wsproject/daphne_compat.py`` subclass private classes of uvicorn and
-daphne. Each declares, in ``TESTED``, the versions that ``tests/test_internals.py`` checked it against
+daphne; ``echo/ws/runtime.py``, ``echo/layer/redis_target.py`` and ``echo/ops/metrics.py`` rely on
+Channels', redis-py's and prometheus_client's. Each declares, in ``TESTED``, the versions that
+``tests/test_internals.py`` / ``tests/test_internals_app.py`` checked it against
 (the ``==`` pins of the requirements files); another version may have changed what they rely on
 without a single error, so the servers refuse it, in one line, unless ``WS_ALLOW_UNTESTED_SERVER=1``.
 """
@@ -36,6 +38,23 @@ def differences(tested: Mapping[str, str]) -> list[str]:
         elif installed != version:
             found.append(f"{package} {installed} is not the tested {version}")
     return found
+
+
+def app_refusal() -> str | None:
+    """Called before either server starts: ``refusal`` for each module of the app that relies on
+    another package's internals (Channels' consumer, redis-py's pools, prometheus_client's files)."""
+    from echo.layer import redis_target
+    from echo.ops import metrics
+    from echo.ws import runtime
+
+    for module, path in (
+        (runtime, "echo/ws/runtime.py"),
+        (redis_target, "echo/layer/redis_target.py"),
+        (metrics, "echo/ops/metrics.py"),
+    ):
+        if problem := refusal(module.TESTED, path):
+            return problem
+    return None
 
 
 def refusal(tested: Mapping[str, str], module: str) -> str | None:

@@ -34,6 +34,12 @@ SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
 
 
+# Combining two of redis-py's pool classes relies on how their methods divide the work (Sentinel's
+# finds the master, Blocking's waits for a free connection): checked by tests/test_internals_app.py
+# against this version (requirements.txt's pin), and at startup (wsproject/versions.py).
+TESTED = {"redis": "8.1.0"}
+
+
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
     """A Sentinel-managed pool that makes a burst of callers wait for a connection instead of failing,
     as the single-server pool does (both are redis-py's public classes; this only combines them)."""

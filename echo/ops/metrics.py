@@ -67,6 +67,10 @@ LABEL_NAMES = {
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Set by the production server's supervisor for its workers (see share_between_workers).
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# The names of prometheus_client's multi-process files (gauge_live<mode>_<pid>.db) are read here to
+# find dead workers: checked by tests/test_internals_app.py against this version (requirements.txt's
+# pin), and at startup (wsproject/versions.py).
+TESTED = {"prometheus-client": "0.26.0"}
 PUSH_SECONDS = 1.0
 
 counts: Counter[tuple[str, str]] = Counter()

@@ -1,7 +1,7 @@
 """How the consumer runs: Channels' ``as_asgi``, ``__call__`` and ``dispatch``, re-implemented here.
 
 Every Channels internal the project relies on is in this module, with a contract test each
-(``tests/test_internals.py``) and a startup version check (``CHANNELS_TESTED``, ``wsproject/versions.py``):
+(``tests/test_internals_app.py``) and a startup version check (``TESTED``, ``wsproject/versions.py``):
 
 * ``as_asgi``'s app returns the consumer's coroutine instead of awaiting it, and carries the same
   ``consumer_class`` / ``consumer_initkwargs`` attributes (one suspended frame fewer per connection);
@@ -30,8 +30,8 @@ from echo.ws.connections import DIRECT_SEND_TEXT
 from echo.ws.delivery import Delivery
 from echo.ws.sending import Sender
 
-# The channels version tests/test_internals.py checked these against (requirements.txt's pin).
-CHANNELS_TESTED = "4.3.2"
+# The version tests/test_internals_app.py checked these against (requirements.txt's pin).
+TESTED = {"channels": "4.3.2"}
 
 # Layer sends started from timer callbacks, referenced until done (the loop keeps only weak references).
 _pending_sends: set[asyncio.Future[None]] = set()

@@ -26,9 +26,9 @@ class Command(DaphneRunserver):
                 f"runserver is daphne, a development dependency ({MISSING}): pip install -r "
                 "requirements-dev.txt, or run the production server: python -m wsproject.server"
             )
-        from wsproject import daphne_compat
+        from wsproject import daphne_compat, versions
 
-        if problem := daphne_compat.refusal():
+        if problem := daphne_compat.refusal() or versions.app_refusal():
             raise CommandError(problem)
         daphne_compat.install()
         super().handle(*args, **options)
