@@ -83,7 +83,7 @@ class EchoConsumer(DeliveredWebsocketConsumer):
         metrics.inc("ws_frames_in_total", "text" if text_data is not None else "binary")
         self.echo_limit = self.echo_limit or EchoLimit()
         try:
-            if not self.echo_limit.allow(len(text_data if text_data is not None else bytes_data or b"")):
+            if not self.echo_limit.allow(text_data if text_data is not None else bytes_data or b""):
                 return
         except ClientError as error:
             await self.refuse(error)

@@ -37,3 +37,12 @@ def test_parse_values_accepts_a_number_or_an_object_of_numbers(line: str, expect
 def test_parse_values_rejects_anything_else_with_a_reason(line: str, reason: str) -> None:
     with pytest.raises(BadValues, match=reason):
         parse_values(line)
+
+
+def test_a_frame_is_measured_in_utf8_bytes_encoding_only_when_characters_cannot_tell() -> None:
+    from echo.ws.limits import frame_bytes
+
+    assert frame_bytes("a" * 10, 100) == 10  # 10 characters of at most 4 bytes: within 100 whatever
+    assert frame_bytes("é" * 30, 100) == 60  # could be over: counted in bytes
+    assert frame_bytes("é" * 101, 100) == 101  # over in characters already: no need to encode
+    assert frame_bytes(b"\xff" * 7, 100) == 7

@@ -80,7 +80,7 @@ def create_dev_env_file(path: Path = DEFAULT_ENV_FILE) -> bool:
             "# Development settings for manage.py in this checkout, written once by `make run` or\n"
             "# `make test`. Variables exported in the environment win over these. The production server\n"
             "# (python -m wsproject.server, make serve), the Docker image and compose never read this file.\n"
-            "# Delete it to have a new secret written. README: Configuration.\n"
+            "# Delete it to have a new secret written. docs/operations.md: Configuration.\n"
             "DJANGO_DEBUG=1\n"
             f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
         )

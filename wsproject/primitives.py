@@ -3,8 +3,8 @@
 The production server holds one receive queue and one "writable" event per WebSocket, for the
 connection's whole life. asyncio's ``Queue`` allocates four deques up front and ``Event`` one, each
 several hundred bytes even when empty, which adds up over tens of thousands of idle connections
-(README: Performance). These two do the same job for exactly what uvicorn's WebSocket protocol asks
-of them, and allocate storage only when it is used.
+(docs/benchmarks.md: What an idle connection holds). These two do the same job for exactly what
+uvicorn's WebSocket protocol asks of them, and allocate storage only when it is used.
 """
 
 from __future__ import annotations

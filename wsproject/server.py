@@ -1,6 +1,6 @@
 """The production server: uvicorn (uvloop, httptools, websockets' sans-I/O protocol) with a graceful exit.
 
-Why uvicorn and not daphne in production: the README's benchmarks. ``manage.py runserver`` stays
+Why uvicorn and not daphne in production: docs/benchmarks.md. ``manage.py runserver`` stays
 daphne for development; daphne, Twisted and autobahn are not even installed in the production image.
 On SIGTERM or SIGINT a process stops accepting, closes every WebSocket with 1001 (going away) so that
 pages reconnect, through the load balancer, to another replica, waits up to ``WS_SHUTDOWN_SECONDS``
@@ -8,8 +8,9 @@ for the close handshakes, and exits (``wsproject/uvicorn_ws.py``, in every worke
 
     python -m wsproject.server [--host H] [--port P] [--workers N|auto]
 
-Settings come from the environment as for Django (README: Configuration). A configuration mistake, or
-a uvicorn or websockets version other than the tested one, stops it with one line on stderr.
+Settings come from the environment as for Django (docs/operations.md: Configuration). A configuration
+mistake, or a version other than the tested one of a package whose internals we rely on, stops it with
+one line on stderr.
 """
 
 from __future__ import annotations

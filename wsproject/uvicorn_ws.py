@@ -120,8 +120,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     A client that stops reading altogether is closed with 1013 once its socket has stayed unwritable
     for ``WS_STALL_SECONDS`` (logged and counted), and aborted if it does not read that close frame.
 
-    It also holds less per connection (README: Performance), offers the layer a synchronous send
-    (``direct_send_text``), and closes with 1001 (going away) when the server shuts down.
+    It also holds less per connection (docs/benchmarks.md: What an idle connection holds), offers the
+    layer a synchronous send (``direct_send_text``), and closes with 1001 (going away) when the server shuts down.
     """
 
     @property

@@ -1,6 +1,6 @@
 """A Redis pub/sub channel layer that fans group messages out to local members without per-member work.
 
-Why not channels-redis as it is (the README has the measurements):
+Why not channels-redis as it is (docs/architecture.md and docs/benchmarks.md have the measurements):
 
 * ``RedisChannelLayer`` (the core layer) stores one copy of every group message per member in Redis
   lists, and each consumer blocks in ``BZPOPMIN`` on its own key: the cost grows with clients x
@@ -200,9 +200,10 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     async def group_add(self, group: str, channel: str) -> None:
         """Add a local channel to a group; the process subscribes to the group on its first member.
 
-        Returns once Redis confirmed the subscription, so that a consumer that joined a group and then
-        reads its history misses nothing published in between. If Redis is unreachable, returns at
-        once: the reader subscribes when Redis comes back.
+        Returns once Redis confirmed the subscription: every message published to the group from then
+        on reaches this process. (The consumer reads history before joining: a message published in
+        between arrives as a hole before the first live one, and is read from history then.) If Redis
+        is unreachable, returns at once: the reader subscribes when Redis comes back.
         """
         self.require_valid_group_name(group)
         state = self._state()

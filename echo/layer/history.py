@@ -114,7 +114,7 @@ return {epoch, seq, entries}
 # when its epoch is new): the index only answers "which groups published within history_ttl".
 INDEX_REFRESH_SECONDS = 60.0
 # How long a publish's idempotency key is remembered: a retry within this window is answered with the
-# first publication's position and publishes nothing (README: Publishing from other programs).
+# first publication's position and publishes nothing (docs/publishing.md: Idempotency keys).
 IDEMPOTENCY_SECONDS = 300
 # An idempotency key: printable ASCII without spaces, at most this long.
 MAX_IDEMPOTENCY_KEY = 200

@@ -1,7 +1,7 @@
 """A key's one list of topics becomes two grants: what it publishes to, and what it reads.
 
 Existing keys keep publishing where they did (an empty list meant every topic: it becomes ``*``) and
-lose reading: they read nothing until given ``read_topics`` (README: upgrading).
+lose reading: they read nothing until given ``read_topics`` (docs/operations.md: Upgrade notes).
 """
 
 from django.db import migrations, models

@@ -49,6 +49,15 @@ class FrameRateLimit:
         return self.strikes > self.max_strikes
 
 
+def frame_bytes(frame: str | bytes, limit: int) -> int:
+    """The size of ``frame`` on the wire (UTF-8 for text), as exactly as comparing it with ``limit``
+    needs: a text is encoded only when its character count cannot tell (a character is 1 to 4 bytes)."""
+    size = len(frame)
+    if isinstance(frame, str) and size <= limit < size * 4:
+        size = len(frame.encode("utf-8", "surrogatepass"))
+    return size
+
+
 class EchoLimit:
     """What one client may send to be echoed: frames of at most ``WS_MAX_FRAME_BYTES``, at most
     ``WS_RATE_LIMIT`` a second (``FrameRateLimit``). Made at the client's first frame: a connection
@@ -61,10 +70,10 @@ class EchoLimit:
             rate=settings.WS_RATE_LIMIT, burst=settings.WS_RATE_BURST, max_strikes=settings.WS_RATE_STRIKES
         )
 
-    def allow(self, size: int) -> bool:
-        """True if a frame of ``size`` may be echoed; False if it is dropped (and counted). Raises
-        ``ClientError`` for a frame too big (1009) or persistent flooding (1008)."""
-        if size > settings.WS_MAX_FRAME_BYTES:
+    def allow(self, frame: str | bytes) -> bool:
+        """True if ``frame`` may be echoed; False if it is dropped (and counted). Raises ``ClientError``
+        for a frame too big (1009) or persistent flooding (1008)."""
+        if frame_bytes(frame, settings.WS_MAX_FRAME_BYTES) > settings.WS_MAX_FRAME_BYTES:
             metrics.inc("ws_dropped_total", "too_big")
             limit = settings.WS_MAX_FRAME_BYTES
             raise ClientError("frame_too_big", f"frames are limited to {limit} bytes", CLOSE_TOO_BIG)

@@ -112,9 +112,10 @@ class TopicStreams:
     async def catch_up(self, group: str, read: ReadHistory) -> CatchUp:
         """Bring the client's view of ``group`` up to what Redis has now; return the frames for it.
 
-        Called on connect, after the connection joined the group (so that nothing published from
-        then on is missed), when Redis came back after an outage, and when a live frame cannot be
-        sent as it is. Raises what ``read`` raises (Redis unreachable); the position is then unchanged.
+        Called on connect, before the connection joins the group (a frame published in between then
+        arrives as a hole before the first live one, and this is called again for it), when Redis came
+        back after an outage, and when a live frame cannot be sent as it is. Raises what ``read``
+        raises (Redis unreachable); the position is then unchanged.
         """
         topic = group_topic(group)
         cursor = self._cursors.get(group)
