@@ -167,7 +167,8 @@ LOGIN_REDIRECT_URL = LOGOUT_REDIRECT_URL = "echo:index"
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Why this layer, and why these numbers: docs/architecture.md, "The channel layer".
-# CHANNEL_LAYER_BACKEND picks another Channels layer (a dotted path): channels-redis' layers carry echo and live data, without history.
+# CHANNEL_LAYER_BACKEND picks another Channels layer (a dotted path): channels-redis' layers carry
+# echo and live data, without history.
 CHANNEL_LAYER_BACKEND = os.environ.get("CHANNEL_LAYER_BACKEND", "echo.layer.RedisFanoutChannelLayer")
 try:
     REDIS_TARGET = parse_redis_url(REDIS_URL)  # one server, a Sentinel service or a Cluster

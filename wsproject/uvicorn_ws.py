@@ -121,7 +121,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     for ``WS_STALL_SECONDS`` (logged and counted), and aborted if it does not read that close frame.
 
     It also holds less per connection (docs/benchmarks.md: What an idle connection holds), offers the
-    layer a synchronous send (``direct_send_text``), and closes with 1001 (going away) when the server shuts down.
+    layer a synchronous send (``direct_send_text``), and closes with 1001 (going away) when the server
+    shuts down.
     """
 
     @property
