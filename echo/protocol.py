@@ -25,7 +25,8 @@ GROUP_PREFIX = "topic."
 
 TOPIC_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")  # use fullmatch: "$" would allow a trailing newline
 
-# A stream's epoch: made by Redis's script when a topic's counter is (re)created (see echo.layer).
+# A stream's epoch: made by the numbering script (echo/layer/history.py) when a topic's counter is
+# (re)created.
 EPOCH_PATTERN = re.compile(r"[0-9a-z]{1,32}")
 
 # A series name is shown in the page's legend; keep it short and printable.

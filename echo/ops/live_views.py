@@ -44,7 +44,8 @@ async def data(request: HttpRequest) -> JsonResponse:
         return _no_store(api_error(403, "forbidden", "staff only"))
     layer = get_channel_layer()
     if not capabilities(layer).shared_state:
-        detail = f"the channel layer {type(layer).__name__} keeps no live state (use echo.layer)"
+        name = type(layer).__name__
+        detail = f"the channel layer {name} keeps no live state (use echo.layer.RedisFanoutChannelLayer)"
         return _no_store(api_error(503, UNAVAILABLE, detail))
     try:
         found = await live.snapshot(layer, _meter)

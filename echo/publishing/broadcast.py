@@ -1,7 +1,7 @@
 """The one way to publish data to connected browsers: through the channel layer, to a topic's group.
 
 Each message is validated and encoded to its JSON wire text once, here, and sent with the layer's
-``group_send_numbered`` (``group_send`` plus a shared ``seq`` and history, see ``echo.layer``);
+``group_send_numbered`` (``group_send`` plus a shared ``seq`` and history, see ``echo.layer.history``);
 every server process receives it once from Redis and every consumer relays that text unchanged.
 Usable from async code (``await apublish(...)``) and from sync code (``publish(...)``), neither of
 which creates an event loop or a Redis pool per message.
