@@ -105,8 +105,8 @@ class RedisCluster:
 
     Replicas fail over whatever their data's age (``cluster-replica-validity-factor 0``), so a kill in
     a test always ends in a promotion, however long the machine stalled. The other shards go on
-    serving while one has no master (``cluster-require-full-coverage no``, as the README recommends
-    for live data: by default a Cluster refuses every write until the failover is done).
+    serving while one has no master (``cluster-require-full-coverage no``, as docs/operations.md
+    recommends for live data: by default a Cluster refuses every write until the failover is done).
     """
 
     def __init__(

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import uvicorn
 import websockets
+from django.conf import settings
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -349,7 +350,7 @@ async def test_with_compression_each_message_is_compressed_once_and_every_client
 ) -> None:
     from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-    monkeypatch.setenv("WS_COMPRESSION", "1")
+    monkeypatch.setattr(settings, "WS_COMPRESSION", True)
     deflating, deflating_too, plain = peers(), peers(), peers()
     for peer in (deflating, deflating_too):
         peer.client = ClientProtocol(
@@ -924,7 +925,7 @@ async def test_the_headers_deadline_runs_from_connection_made_until_on_headers_c
 
 
 async def test_past_the_deadline_the_connection_gets_a_408_and_is_closed(monkeypatch: Any) -> None:
-    monkeypatch.setattr(uvicorn_ws, "HEADERS_SECONDS", 0.01)
+    monkeypatch.setattr(settings, "HTTP_HEADERS_TIMEOUT", 0.01)
     protocol, transport = http_protocol()
     protocol.data_received(b"GET / HTTP/1.1\r\nX-Slow: a")
     async with asyncio.timeout(timeout(5)):
