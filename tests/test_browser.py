@@ -294,6 +294,8 @@ def test_a_reset_starts_the_topic_afresh_in_the_new_epoch(server: Server, page: 
 
 
 def test_a_data_frame_of_an_unannounced_epoch_counts_as_a_reset(server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
     now = time.time()
     sockets: list[Any] = []
 
@@ -310,7 +312,8 @@ def test_a_data_frame_of_an_unannounced_epoch_counts_as_a_reset(server: Server, 
     wait_for_hook(page, "epochs", {"prices": "e2"})
     wait_for_hook(page, "lastSeq", {"prices": 2})
     assert page.evaluate("window.liveChart.data()") == [[now - 2, now - 1], [301, 302]]
-    assert "without a reset" in page.locator("#log").text_content()
+    # The log line is written as the frame is handled; wait for it rather than read it once.
+    expect(page.locator("#log")).to_contain_text("without a reset", timeout=ms(10))
     page.console.assert_clean()
 
 

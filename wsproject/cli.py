@@ -67,8 +67,8 @@ def parse_env_file(text: str, name: str) -> dict[str, str]:
 def create_dev_env_file(path: Path = DEFAULT_ENV_FILE) -> bool:
     """Write development settings (DEBUG on, a new random secret) to ``path`` unless it exists.
 
-    Called by ``make run`` and ``make test`` (scripts/devenv.py). Returns True if it wrote the file.
-    Never overwrites: an edited file, or one another process just wrote, is kept. Readable by its
+    Called by ``make run`` and ``make test`` (``python -m scripts.devenv``). Returns True if it wrote
+    the file. Never overwrites: an edited file, or one another process just wrote, is kept. Readable by its
     owner only, since it holds a secret.
     """
     try:
