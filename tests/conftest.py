@@ -48,6 +48,8 @@ TEST_ENV = {
     "DATABASE_URL": f"sqlite:///{_database_dir}/test.sqlite3",
     # Filled by the static_root fixture (collectstatic) for tests that need static files.
     "DJANGO_STATIC_ROOT": tempfile.mkdtemp(prefix="wsdemo-static-"),
+    # tests/testapp (Order, owned by a user): a real model for model changes and per-object access.
+    "ECHO_TEST_APP": "1",
 }
 os.environ.update(TEST_ENV)
 

@@ -93,6 +93,9 @@ INSTALLED_APPS = [
     "axes",
     "echo",
 ]
+# The tests' own app (a real model to publish and authorize by); never set in a deployment.
+if env_bool("ECHO_TEST_APP", False):
+    INSTALLED_APPS.append("tests.testapp")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
