@@ -1,7 +1,7 @@
 // The live page: wires the connection (connection.js) and the chart (chart.js) to the DOM.
 // Server data only ever reaches the page through textContent. DOM writes are batched per animation
 // frame, so a 100 Hz feed costs one layout per frame, not one per message.
-import { LiveConnection } from "./connection.js";
+import { LiveConnection, tokenFetcher } from "./connection.js";
 import { DEFAULT_WINDOW, LiveChart } from "./chart.js";
 
 const LOG_MAX_LINES = 500;
@@ -10,7 +10,6 @@ const DEFAULT_TOPIC = "prices";
 const TOPICS_URL = document.body.dataset.topicsUrl || "/api/topics";
 // A logged-in page connects with connection tokens from here (none: anonymous, public topics only).
 const TOKEN_URL = document.body.dataset.tokenUrl || "";
-const TOKEN_RENEW_MARGIN_S = 5; // a token this close to expiring is not used for a new socket
 
 const $ = (id) => document.getElementById(id);
 
@@ -65,33 +64,14 @@ const presence = new Map(); // topic -> its latest presence frame
 let statusDetail = {};
 let legendDirty = false;
 
-// ------------------------------------------------------------ connection tokens
-
-let token = null; // {protocols, expires}: the last token, reused until it nears its expiry
-
-/** The subprotocols carrying a connection token (POST TOKEN_URL with the page's CSRF token), or null
- * for an anonymous page. `fresh`: the server said the last one expired. */
-async function tokenProtocols({ fresh }) {
-  if (!TOKEN_URL) return null;
-  if (!fresh && token && token.expires - Date.now() / 1000 > TOKEN_RENEW_MARGIN_S) return token.protocols;
-  const csrf = document.querySelector("input[name=csrfmiddlewaretoken]")?.value ?? "";
-  const response = await fetch(TOKEN_URL, {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { "X-CSRFToken": csrf, Accept: "application/json" },
-  });
-  if (!response.ok) throw new Error(`${response.status} from ${TOKEN_URL}`);
-  const body = await response.json();
-  token = { protocols: body.protocols, expires: body.expires };
-  log(`got a connection token, valid ${body.expires_in} s`);
-  return token.protocols;
-}
+const pageCsrfToken = () => document.querySelector("input[name=csrfmiddlewaretoken]")?.value;
 
 const connection = new LiveConnection({
   topics: [DEFAULT_TOPIC],
-  protocols: tokenProtocols,
+  // A logged-in page renews its connection tokens with the page's CSRF token; an anonymous one has none.
+  token: TOKEN_URL ? tokenFetcher({ url: TOKEN_URL, csrfToken: pageCsrfToken }) : null,
   handlers: {
-    status: (state, detail) => {
+    state: (state, detail) => {
       statusDetail = detail;
       showStatus();
       if (state === "connecting") showError("");
@@ -126,8 +106,8 @@ function showStatus() {
   }
   if ($("status").textContent !== text) $("status").textContent = text;
   $("status").dataset.state = state;
-  $("connect").disabled = connection.wanted;
-  $("disconnect").disabled = !connection.wanted;
+  $("connect").disabled = connection.active;
+  $("disconnect").disabled = !connection.active;
 }
 
 function showError(text) {
@@ -234,8 +214,8 @@ async function loadTopics() {
 
 // ------------------------------------------------------------ wiring
 
-$("connect").addEventListener("click", () => connection.connect());
-$("disconnect").addEventListener("click", () => connection.disconnect());
+$("connect").addEventListener("click", () => connection.open());
+$("disconnect").addEventListener("click", () => connection.close());
 $("window").value = String(DEFAULT_WINDOW);
 $("window").addEventListener("change", (event) => chart.setWindow(Number(event.target.value)));
 $("max-rate").addEventListener("change", (event) => connection.setMaxRate(Number(event.target.value) || null));
