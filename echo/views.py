@@ -1,4 +1,4 @@
-"""The page: the only HTTP view, rendering the client that connects to the WebSocket."""
+"""The pages: the live page, and the example page of the client module; each renders its template."""
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -7,3 +7,8 @@ from django.shortcuts import render
 def index(request: HttpRequest) -> HttpResponse:
     """Render the live page; everything dynamic happens in its static JavaScript."""
     return render(request, "echo/index.html")
+
+
+def example(request: HttpRequest) -> HttpResponse:
+    """Render the example page: the client module alone, listing the frames of ``?topics=``."""
+    return render(request, "echo/example.html")
