@@ -19,6 +19,7 @@ from pathlib import Path
 import prometheus_client
 import pytest
 from channels.consumer import AsyncConsumer, get_handler_name
+from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from packaging.utils import canonicalize_name
 from prometheus_client import multiprocess
@@ -159,3 +160,22 @@ def test_multiprocess_files_are_named_by_kind_mode_and_pid(
     assert callable(multiprocess.mark_process_dead)
     assert callable(multiprocess.MultiProcessCollector.merge)
     assert prometheus_client.Gauge is not None
+
+
+def test_channels_http_consumer_stops_after_handle_which_a_stream_must_not() -> None:
+    """``DeliveredHttpConsumer`` (the event stream's base) replaces ``http_request``, which stops the
+    consumer once ``handle`` returns, and ``http_disconnect``, which it runs without
+    ``aclose_old_connections()``; it relies on ``__init__`` making ``body`` and on ``send_headers`` /
+    ``send_body`` sending the two ASGI messages through ``send``."""
+    request = inspect.getsource(AsyncHttpConsumer.http_request)
+    for line in (
+        'self.body.append(message["body"])',
+        'await self.handle(b"".join(self.body))',
+        "raise StopConsumer()",
+    ):
+        assert line in request, f"Channels' http_request no longer does: {line}"
+    disconnect = inspect.getsource(AsyncHttpConsumer.http_disconnect)
+    assert "await self.disconnect()" in disconnect and "raise StopConsumer()" in disconnect
+    assert "self.body = []" in inspect.getsource(AsyncHttpConsumer.__init__)
+    assert '"type": "http.response.start"' in inspect.getsource(AsyncHttpConsumer.send_headers)
+    assert '"more_body": more_body' in inspect.getsource(AsyncHttpConsumer.send_body)

@@ -1,4 +1,4 @@
-"""Origin checking for WebSocket handshakes.
+"""Origin checking for WebSocket handshakes and event streams (``/events/``).
 
 Browsers always send ``Origin`` on a WebSocket handshake, so a foreign Origin is how a page on another
 site would ride on a visitor's browser (cross-site WebSocket hijacking): those handshakes are refused
@@ -9,31 +9,67 @@ by Channels' ``AllowedHostsOriginValidator``, which accepts only origins whose h
   be used for that attack; let through unless ``WS_REQUIRE_ORIGIN`` is on;
 * ``Origin: null``: a page opened from a ``file://`` URL, such as the original tutorial's page; let
   through only when ``WS_ALLOW_NULL_ORIGIN`` is on, which it is by default only with ``DEBUG``.
+
+An event stream is an HTTP GET: a browser sends ``Origin`` with it only when the page is of another
+origin (an ``EventSource`` across sites, which may carry the visitor's cookie with
+``withCredentials``). The same decision applies; a refusal is an HTTP 403.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlparse
 
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.conf import settings
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+FORBIDDEN_BODY = b'{"error": "forbidden_origin", "detail": "this origin may not open event streams here"}'
+
+
+def _origin(scope: dict[str, Any]) -> bytes | None:
+    return next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
+
+
+def _let_through(origin: bytes | None) -> bool:
+    """True for the two cases decided here by settings (no Origin, ``null``); else Channels decides."""
+    return (origin is None and not settings.WS_REQUIRE_ORIGIN) or (
+        origin == b"null" and settings.WS_ALLOW_NULL_ORIGIN
+    )
 
 
 def browser_origin_validator(application: ASGIApp) -> ASGIApp:
     """Wrap ``application`` so that browser pages must come from an allowed host."""
     validated = AllowedHostsOriginValidator(application)
-    require_origin: bool = settings.WS_REQUIRE_ORIGIN
-    allow_null: bool = settings.WS_ALLOW_NULL_ORIGIN
 
     def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         # Returns the chosen app's coroutine rather than awaiting it: one suspended frame fewer held
         # for every connection's whole life.
-        origin = next((value for name, value in scope.get("headers", ()) if name == b"origin"), None)
-        if (origin is None and not require_origin) or (origin == b"null" and allow_null):
+        if _let_through(_origin(scope)):
             return application(scope, receive, send)
         return validated(scope, receive, send)
 
     return app
+
+
+def browser_origin_http_validator(application: ASGIApp) -> ASGIApp:
+    """Wrap an HTTP ``application`` (an event stream) so that browser pages must come from an allowed
+    host, as ``browser_origin_validator`` decides; others get a 403."""
+    validator = AllowedHostsOriginValidator(application)  # its valid_origin decides, as for sockets
+
+    def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        origin = _origin(scope)
+        if _let_through(origin) or (
+            origin is not None and validator.valid_origin(urlparse(origin.decode("latin1")))
+        ):
+            return application(scope, receive, send)
+        return _forbidden(send)
+
+    return app
+
+
+async def _forbidden(send: Any) -> None:
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": FORBIDDEN_BODY})

@@ -418,9 +418,15 @@ class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
     The deadline runs from the connection's start, and again from each later request's first byte,
     until its headers are complete (a WebSocket upgrade included); past it the connection is closed
     with a 408 and one log line. Between requests uvicorn's own keep-alive timeout applies.
+
+    A client that stops reading a response (an event stream, ``echo.sse``) is dropped like a WebSocket
+    one: while its socket is unwritable the app's sends wait (uvicorn's flow control, so the stream's
+    layer queue fills and is dropped, not memory); once it has stayed unwritable for
+    ``WS_STALL_SECONDS`` the connection is aborted, which the app hears as ``http.disconnect``.
     """
 
     headers_deadline: asyncio.TimerHandle | None = None
+    _stall_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -437,7 +443,32 @@ class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._cancel_stall_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(float(settings.WS_STALL_SECONDS), self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._cancel_stall_timer()
+
+    def _cancel_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        """Called when the socket has been unwritable for ``WS_STALL_SECONDS``: abort it, buffers and all."""
+        self._stall_timer = None
+        address = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown"
+        logger.warning(
+            "Dropping %s: it has not read its HTTP response for %.0f s", address, settings.WS_STALL_SECONDS
+        )
+        metrics.inc("http_aborted_total", "stalled_client")
+        self.transport.abort()
 
     def _arm(self) -> None:
         self.headers_deadline = self.loop.call_later(settings.HTTP_HEADERS_TIMEOUT, self._headers_too_slow)

@@ -51,6 +51,11 @@ COUNTERS = {
     "ws_handshakes_refused_total": "WebSocket handshakes refused before the app saw them, by reason",
     "ws_revocations_failed_total": "Revocations that could not be sent to the sockets they close",
     "http_refused_total": "HTTP requests refused before a view ran (foreign Host, slow headers), by reason",
+    "http_aborted_total": "HTTP connections aborted: the client stopped reading its response, by reason",
+    "sse_connections_total": "Server-Sent Events streams started (GET /events/)",
+    "sse_refused_total": "Event streams refused before they started (an HTTP status), by reason",
+    "sse_closed_total": "Event streams the server ended, by reason",
+    "sse_events_out_total": "SSE events sent (a frame each; comments not counted)",
 }
 
 LABEL_NAMES = {
@@ -62,6 +67,9 @@ LABEL_NAMES = {
     "ws_aborted_total": "reason",
     "ws_handshakes_refused_total": "reason",
     "http_refused_total": "reason",
+    "http_aborted_total": "reason",
+    "sse_refused_total": "reason",
+    "sse_closed_total": "reason",
 }
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4

@@ -41,7 +41,8 @@ async def health() -> tuple[int, dict[str, Any]]:
 def readings() -> list[metrics.Reading]:
     """This process's gauges: connections open now, and the channel layer's counts since it started."""
     layer = get_channel_layer()
-    values = [metrics.Reading("ws_connections_open", "WebSocket connections open now", connections.count())]
+    open_now = "WebSocket and event-stream connections open now"
+    values = [metrics.Reading("ws_connections_open", open_now, connections.count())]
     if capabilities(layer).shared_state:
         for name, value in layer.stats.as_dict().items():
             help_text = f"Channel layer: {name.replace('_', ' ')} (since start)"

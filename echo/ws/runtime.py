@@ -1,4 +1,7 @@
-"""How the consumer runs: Channels' ``as_asgi``, ``__call__`` and ``dispatch``, re-implemented here.
+"""How the consumers run: Channels' ``as_asgi``, ``__call__`` and ``dispatch``, re-implemented here.
+
+The WebSocket consumer (``echo.consumers``) and the Server-Sent Events one (``echo.sse``) run the same
+way; only their way out to the client (``Sender``, ``EventStreamSender``) differs.
 
 Every Channels internal the project relies on is in this module, with a contract test each
 (``tests/test_internals_app.py``) and a startup version check (``TESTED``, ``wsproject/versions.py``):
@@ -20,8 +23,9 @@ import functools
 from collections.abc import Awaitable
 from typing import Any
 
-from channels.consumer import get_handler_name
+from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
+from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
@@ -37,9 +41,9 @@ TESTED = {"channels": "4.3.2"}
 _pending_sends: set[asyncio.Future[None]] = set()
 
 
-class DeliveredWebsocketConsumer(AsyncWebsocketConsumer):
-    """An ``AsyncWebsocketConsumer`` whose pushed frames take ``echo.ws.delivery``'s route where the
-    layer allows: handlers run one at a time (``turn``), frames go out through ``sender``."""
+class DeliveredConsumer(AsyncConsumer):
+    """A consumer whose pushed frames take ``echo.ws.delivery``'s route where the layer allows:
+    handlers run one at a time (``turn``), frames go out through ``sender`` (``make_sender``)."""
 
     _sender: Sender | None = None
 
@@ -52,10 +56,14 @@ class DeliveredWebsocketConsumer(AsyncWebsocketConsumer):
         """What the channel layer can do (``echo.layer.capabilities``)."""
         return capabilities(self.channel_layer)
 
+    def make_sender(self, send: Any, scope: dict[str, Any]) -> Sender:
+        """The connection's way out, over the server's ``send``."""
+        raise NotImplementedError
+
     @property
     def sender(self) -> Sender:
         if self._sender is None:  # on Channels' own loop: through the base_send it set
-            self._sender = Sender(self.base_send)
+            self._sender = self.make_sender(self.base_send, self.scope)
         return self._sender
 
     @classmethod
@@ -78,7 +86,7 @@ class DeliveredWebsocketConsumer(AsyncWebsocketConsumer):
     async def serve(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Run the connection: client frames dispatched one at a time, layer events through ``Delivery``."""
         self.scope, self.base_send = scope, send
-        self._sender = Sender(send, (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT))
+        self._sender = self.make_sender(send, scope)
         self.channel_name = await self.channel_layer.new_channel()
         offer = self.offer if self._sender.direct is not None else None
         delivery = Delivery(self.channel_layer, self.channel_name, self.turn, self.handle_layer_events, offer)
@@ -118,5 +126,32 @@ class DeliveredWebsocketConsumer(AsyncWebsocketConsumer):
         """True once the server decided to close: nothing more is sent."""
         return self.sender.closing
 
+
+class DeliveredWebsocketConsumer(DeliveredConsumer, AsyncWebsocketConsumer):
+    """An ``AsyncWebsocketConsumer`` run by ``DeliveredConsumer``: frames go out as WebSocket frames,
+    written at once by the production server when the socket takes them (``x-direct-send-text``)."""
+
+    def make_sender(self, send: Any, scope: dict[str, Any]) -> Sender:
+        return Sender(send, (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT))
+
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
         await self.sender.close(code, reason)
+
+
+class DeliveredHttpConsumer(DeliveredConsumer, AsyncHttpConsumer):
+    """An ``AsyncHttpConsumer`` run by ``DeliveredConsumer``, for a response that streams (``echo.sse``).
+
+    ``handle`` is called once the request's body is in and, unlike Channels' own, the consumer does not
+    stop when it returns: it runs until the client goes (``http.disconnect``), which is also what the
+    servers send once the response is complete.
+    """
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        if "body" in message:
+            self.body.append(message["body"])
+        if not message.get("more_body"):
+            await self.handle(b"".join(self.body))
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        await self.disconnect()
+        raise StopConsumer

@@ -1,4 +1,6 @@
-"""What a client asks for in its WebSocket URL: ``?topics=a,b&history=N&since=a:41:3f9a2c1b&max_rate=5``.
+"""What a client asks for in its URL: ``?topics=a,b&history=N&since=a:41:3f9a2c1b&max_rate=5``.
+
+The WebSocket's and the event stream's (``/events/``, whose ``Last-Event-ID`` header is a ``since``).
 
 Everything here comes from an untrusted client, so every value is checked against a strict pattern
 before it names a group or reaches Redis; a bad value raises ``ClientError`` with a code the client can
@@ -35,9 +37,15 @@ class Subscription:
     max_rate: float | None = None  # live frames per second per topic, at most (echo.layer.conflation)
 
 
-def parse_subscription(query_string: bytes, *, default_history: int, max_history: int) -> Subscription:
-    """Parse and check a WebSocket URL's query string; raise ``ClientError`` for anything wrong."""
-    if len(query_string) > MAX_QUERY_BYTES:
+def parse_subscription(
+    query_string: bytes, *, default_history: int, max_history: int, last_event_id: bytes | None = None
+) -> Subscription:
+    """Parse and check a URL's query string; raise ``ClientError`` for anything wrong.
+
+    ``last_event_id`` (an event stream's ``Last-Event-ID``: where its browser reconnects from) is a
+    ``since`` that wins over the URL's, which is the one the stream first started from.
+    """
+    if len(query_string) > MAX_QUERY_BYTES or len(last_event_id or b"") > MAX_QUERY_BYTES:
         raise ClientError("bad_query", f"query string longer than {MAX_QUERY_BYTES} bytes")
     try:
         params = parse_qs(query_string.decode("ascii"), keep_blank_values=True, max_num_fields=16)
@@ -49,6 +57,11 @@ def parse_subscription(query_string: bytes, *, default_history: int, max_history
     topics = _topics(params["topics"][0]) if "topics" in params else (DEFAULT_TOPIC,)
     history = _history(params["history"][0], max_history) if "history" in params else default_history
     since = _since(params["since"][0], topics) if "since" in params else {}
+    if last_event_id:
+        try:
+            since = _since(last_event_id.decode("ascii"), topics)
+        except UnicodeDecodeError:
+            raise ClientError("bad_since", "Last-Event-ID is not ASCII") from None
     max_rate = _max_rate(params["max_rate"][0]) if "max_rate" in params else None
     return Subscription(topics=topics, history=history, since=since, max_rate=max_rate)
 
