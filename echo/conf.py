@@ -48,6 +48,10 @@ SETTINGS: dict[str, tuple[Any, Callable[[str], Any]]] = {
     # per API key (else 429).
     "API_MAX_BODY_BYTES": (256 * 1024, _whole_number),
     "API_RATE_LIMIT": (1000, _whole_number),
+    # A JSON event's data, encoded, in UTF-8 bytes (echo.protocol.encode_event_data): past it publish()
+    # raises FrameError and the HTTP API answers 400. History keeps HISTORY_LENGTH frames per topic, so
+    # this also bounds a topic's Redis memory: 5000 x 64 KB is 320 MB at worst.
+    "MESSAGE_MAX_BYTES": (64 * 1024, _whole_number),
 }
 DEFAULTS = {name: default for name, (default, _) in SETTINGS.items()}
 

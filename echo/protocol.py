@@ -33,6 +33,14 @@ EPOCH_PATTERN = re.compile(r"[0-9a-z]{1,32}")
 SERIES_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_SERIES_PER_FRAME = 32
 
+# A JSON event's name: shown in the page's log and table, and the prefix of its plotted series.
+EVENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+# A JSON event's data: arrays and objects nested at most this deep, and at most this many object keys in
+# all, so that no client's parser (recursive ones included) pays much for one message. Its size, encoded,
+# is a setting (MESSAGE_MAX_BYTES, echo/conf.py) the publisher passes to ``encode_event_data``.
+MAX_DATA_DEPTH = 32
+MAX_DATA_KEYS = 1000
+
 # Presence frames of topics that need login list at most this many user names, then a count.
 MAX_PRESENCE_USERS = 100
 
@@ -86,6 +94,63 @@ def validate_values(values: Mapping[str, Any]) -> dict[str, float | int]:
     return checked
 
 
+def validate_event(event: str) -> str:
+    """Return ``event`` if it is a valid event name, else raise ``FrameError``."""
+    if not isinstance(event, str) or not EVENT_PATTERN.fullmatch(event):
+        raise FrameError(
+            f"invalid event name {_shorten(repr(event))}: use 1-64 of A-Z a-z 0-9 _ . : -, "
+            "starting with a letter or digit"
+        )
+    return event
+
+
+def encode_event_data(data: Any, max_bytes: int) -> str:
+    """Check a JSON event's ``data`` and return it as compact JSON text, its one encoding.
+
+    Any JSON value: objects (string keys), lists (or tuples), strings, finite numbers, booleans, None.
+    Refused with ``FrameError``: another type (convert a date or a Decimal first), NaN or infinity,
+    nesting deeper than ``MAX_DATA_DEPTH``, more than ``MAX_DATA_KEYS`` keys in all, text that is not
+    valid Unicode, or more than ``max_bytes`` bytes of UTF-8 once encoded.
+    """
+    _check_data(data)
+    text = encode(data)
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: no JSON client could read it
+        raise FrameError("data holds text that is not valid Unicode (a lone surrogate)") from None
+    if size > max_bytes:
+        raise FrameError(f"data is {size} bytes encoded, over the limit of {max_bytes} (MESSAGE_MAX_BYTES)")
+    return text
+
+
+def _check_data(data: Any) -> None:
+    """Walk ``data`` without recursion, refusing what ``encode_event_data`` says it refuses."""
+    keys = 0
+    pending: list[tuple[Any, int, str]] = [(data, 0, "data")]
+    while pending:
+        value, depth, where = pending.pop()
+        if isinstance(value, str | bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            if not _finite(value):
+                raise FrameError(f"{where}: {str(value)[:40]} is not a finite number")
+            continue
+        if not isinstance(value, dict | list | tuple):
+            raise FrameError(f"{where}: {type(value).__name__} is not a JSON type (convert it first)")
+        if depth >= MAX_DATA_DEPTH:
+            raise FrameError(f"{where}: nested deeper than {MAX_DATA_DEPTH} levels")
+        if isinstance(value, dict):
+            keys += len(value)
+            if keys > MAX_DATA_KEYS:
+                raise FrameError(f"data has more than {MAX_DATA_KEYS} object keys in all")
+            for name, item in value.items():
+                if not isinstance(name, str):
+                    raise FrameError(f"{where}: key {_shorten(repr(name))} is not a string")
+                pending.append((item, depth + 1, f"{where}.{_shorten(name, 40)}"))
+        else:
+            pending.extend((item, depth + 1, f"{where}[{index}]") for index, item in enumerate(value))
+
+
 def topic_group(topic: str) -> str:
     """The channel-layer group of a (validated) topic."""
     return GROUP_PREFIX + topic
@@ -117,9 +182,30 @@ def encode_data_frame_around_position(
     return before, between, after
 
 
+def encode_event_frame_around_position(
+    topic: str, ts: float, event: str, data_text: str
+) -> tuple[str, str, str]:
+    """Encode a JSON event's data frame around its ``epoch`` and ``seq``, as
+    ``encode_data_frame_around_position`` does a frame of values, with ``"event"`` and ``"data"`` where
+    that has ``"values"``. The caller validates ``event`` (``validate_event``); ``data_text`` is
+    ``encode_event_data``'s answer, spliced in unchanged."""
+    before, between, _ = encode_data_frame_around_position(topic, ts, {})
+    return before, between, "," + encode({"ts": ts})[1:-1] + _event_fields(event, data_text)
+
+
 def encode_data_frame(topic: str, ts: float, values: Mapping[str, float | int]) -> str:
     """Encode a data frame with no position, for a channel layer that does not number messages."""
     return encode({"type": "data", "topic": topic, "ts": ts, "values": values})
+
+
+def encode_event_frame(topic: str, ts: float, event: str, data_text: str) -> str:
+    """Encode a JSON event's data frame with no position, for a layer that does not number messages."""
+    return encode({"type": "data", "topic": topic, "ts": ts})[:-1] + _event_fields(event, data_text)
+
+
+def _event_fields(event: str, data_text: str) -> str:
+    """The end of a JSON event's frame: ``,"event":...,"data":...}``."""
+    return ',"event":' + json.dumps(event) + ',"data":' + data_text + "}"
 
 
 def as_replay(text: str) -> str:
@@ -164,17 +250,55 @@ class BadValues(FrameError):
     """Raised for text that is not one number or one JSON object of numbers."""
 
 
+class BadEvent(FrameError):
+    """Raised for a JSON event that is not ``{"event": NAME, "data": ANY}`` with a valid name."""
+
+
+class Event(NamedTuple):
+    """One JSON event, as a line of ``push_data --source stdin`` or an HTTP publish body carries it."""
+
+    name: str
+    data: Any
+
+
+def parse_message(line: str) -> dict[str, float] | Event:
+    """Parse the text of one message, as a line of ``push_data --source stdin`` and the body of
+    ``POST /api/publish/<topic>`` carry it: a JSON event ``{"event": NAME, "data": ANY}``, or values.
+
+    An object whose ``event`` is a string is an event: values are numbers, so no values object ever
+    looks like one (``{"event": 5}`` is still values, series ``event``). Raises ``BadEvent`` for an event
+    with a bad name or other keys and ``BadValues`` as ``parse_values`` does; the data's limits are
+    checked when it is encoded (``encode_event_data``).
+    """
+    parsed, text = _loads(line)
+    if isinstance(parsed, dict) and isinstance(parsed.get("event"), str):
+        if set(parsed) != {"event", "data"}:
+            raise BadEvent('an event is {"event": NAME, "data": ANY}: both keys, and no other')
+        try:
+            return Event(validate_event(parsed["event"]), parsed["data"])
+        except FrameError as exc:
+            raise BadEvent(str(exc)) from None
+    return _values_of(parsed, text)
+
+
 def parse_values(line: str) -> dict[str, float]:
-    """Parse the text of one message's values, as a line of ``push_data --source stdin`` and the body of
-    ``POST /api/publish/<topic>`` carry it: a number (series ``value``) or a JSON object of series to
-    numbers. Raises ``BadValues`` saying what is wrong; ``validate_values`` checks the rest."""
+    """Parse the text of one message's values: a number (series ``value``) or a JSON object of series
+    to numbers. Raises ``BadValues`` saying what is wrong; ``validate_values`` checks the rest."""
+    parsed, text = _loads(line)
+    return _values_of(parsed, text)
+
+
+def _loads(line: str) -> tuple[Any, str]:
     text = line.strip()
     if not text:
         raise BadValues("empty line")
     try:
-        parsed = json.loads(text)
+        return json.loads(text), text
     except (ValueError, RecursionError):  # also integers of over 4300 digits, and deep nesting
         raise BadValues(f"not a number or a JSON object: {_shorten(text)}") from None
+
+
+def _values_of(parsed: Any, text: str) -> dict[str, float]:
     if isinstance(parsed, bool) or not isinstance(parsed, int | float | dict):
         raise BadValues(f"not a number or a JSON object: {_shorten(text)}")
     values = {"value": parsed} if isinstance(parsed, int | float) else parsed

@@ -1,6 +1,7 @@
 """The one way to publish data to connected browsers: through the channel layer, to a topic's group.
 
-Each message is validated and encoded to its JSON wire text once, here, and sent with the layer's
+Each message (a frame of ``values``, or a JSON event: a name and any JSON value) is validated and
+encoded to its JSON wire text once, here, and sent with the layer's
 ``group_send_numbered`` (``group_send`` plus a shared ``seq`` and history, see ``echo.layer.history``);
 every server process receives it once from Redis and every consumer relays that text unchanged.
 Usable from async code (``await apublish(...)``) and from sync code (``publish(...)``), neither of
@@ -13,11 +14,12 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 
+from echo.conf import app_settings
 from echo.layer.capabilities import capabilities
 from echo.layer.history import valid_idempotency_key
 from echo.protocol import (
@@ -26,8 +28,12 @@ from echo.protocol import (
     Position,
     encode_data_frame,
     encode_data_frame_around_position,
+    encode_event_data,
+    encode_event_frame,
+    encode_event_frame_around_position,
     relay_event,
     topic_group,
+    validate_event,
     validate_topic,
     validate_values,
 )
@@ -71,31 +77,46 @@ class Publisher:
     async def publish(
         self,
         topic: str,
-        values: Mapping[str, Any],
+        data: Any,
         ts: float | None = None,
         idempotency_key: str | None = None,
+        event: str | None = None,
     ) -> Position:
-        """Publish one frame of ``values`` on ``topic``; return its position (``epoch``, ``seq``).
+        """Publish one message on ``topic``; return its position (``epoch``, ``seq``).
 
+        Without ``event``, ``data`` is a frame's ``values`` (series name to number); with it, the
+        message is a JSON event, ``{"event": event, "data": data}`` on the wire, ``data`` any JSON value
+        within ``echo.protocol.encode_event_data``'s limits and ``MESSAGE_MAX_BYTES``.
         A second publish on ``topic`` with the same ``idempotency_key`` (``new_idempotency_key()``)
         within ``echo.layer.history.IDEMPOTENCY_SECONDS`` publishes nothing and returns the first one's
         position. The position is ``Position(None, 0)`` on a layer that does not number messages (and
-        keeps no keys either). Raises ``FrameError`` for a bad topic, values or key, and the layer's
-        error (``redis.RedisError``, ``OSError``) when Redis cannot be reached.
+        keeps no keys either). Raises ``FrameError`` for a bad topic, event name, values, data or key,
+        and the layer's error (``redis.RedisError``, ``OSError``) when Redis cannot be reached.
         """
         validate_topic(topic)
-        checked = validate_values(values)
+        if event is None:
+            checked = validate_values(data)
+        else:
+            validate_event(event)
+            data_text = encode_event_data(data, app_settings.MESSAGE_MAX_BYTES)
         if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
             raise FrameError("an idempotency key is 1 to 200 printable ASCII characters without spaces")
         ts = time.time() if ts is None else ts
         if not self.numbered:
-            await self.layer.group_send(
-                topic_group(topic), relay_event(encode_data_frame(topic, ts, checked))
+            text = (
+                encode_data_frame(topic, ts, checked)
+                if event is None
+                else encode_event_frame(topic, ts, event, data_text)
             )
+            await self.layer.group_send(topic_group(topic), relay_event(text))
             return Position(None, 0)
-        text = encode_data_frame_around_position(topic, ts, checked)
+        parts = (
+            encode_data_frame_around_position(topic, ts, checked)
+            if event is None
+            else encode_event_frame_around_position(topic, ts, event, data_text)
+        )
         epoch, seq = await self.layer.group_send_numbered(
-            topic_group(topic), RELAY_EVENT, text, idempotency_key
+            topic_group(topic), RELAY_EVENT, parts, idempotency_key
         )
         return Position(epoch, seq)
 
@@ -147,12 +168,15 @@ def _publisher() -> Publisher:
     return _default_publisher
 
 
-async def apublish(topic: str, values: Mapping[str, Any], idempotency_key: str | None = None) -> Position:
-    """Publish ``values`` on ``topic`` from async code; return the frame's position (epoch, seq).
+async def apublish(
+    topic: str, data: Any, idempotency_key: str | None = None, *, event: str | None = None
+) -> Position:
+    """Publish on ``topic`` from async code; return the frame's position (epoch, seq).
 
-    To retry a failed publish safely, give it an ``idempotency_key`` and retry with the same key.
+    ``data`` is an object of numbers (a ``values`` frame), or with ``event`` any JSON value (a JSON
+    event). To retry a failed publish safely, give it an ``idempotency_key`` and retry with the same key.
     """
-    return await _publisher().publish(topic, values, idempotency_key=idempotency_key)
+    return await _publisher().publish(topic, data, idempotency_key=idempotency_key, event=event)
 
 
 def group_send_from_sync(group: str, message: dict[str, Any], timeout: float = 10.0) -> None:
@@ -164,11 +188,19 @@ def group_send_from_sync(group: str, message: dict[str, Any], timeout: float = 1
 
 
 def publish(
-    topic: str, values: Mapping[str, Any], timeout: float = 10.0, idempotency_key: str | None = None
+    topic: str,
+    data: Any,
+    timeout: float = 10.0,
+    idempotency_key: str | None = None,
+    *,
+    event: str | None = None,
 ) -> Position:
-    """Publish ``values`` on ``topic`` from sync code (a view, a signal, a script); return its position.
+    """Publish on ``topic`` from sync code (a view, a signal, a script); return its position.
 
-    Blocks until Redis has the message or ``timeout`` seconds pass (``TimeoutError``). To retry a
-    failed publish safely, give it an ``idempotency_key`` and retry with the same key.
+    ``data`` is an object of numbers (a ``values`` frame), or with ``event`` any JSON value (a JSON
+    event: ``publish("orders", {"id": 7}, event="created")``). Blocks until Redis has the message or
+    ``timeout`` seconds pass (``TimeoutError``). To retry a failed publish safely, give it an
+    ``idempotency_key`` and retry with the same key.
     """
-    return _background.run(_publisher().publish(topic, values, idempotency_key=idempotency_key), timeout)
+    coroutine = _publisher().publish(topic, data, idempotency_key=idempotency_key, event=event)
+    return _background.run(coroutine, timeout)

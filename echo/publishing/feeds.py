@@ -1,7 +1,7 @@
 """Data sources for ``push_data``: plain iterators of ``{series: number}`` that know nothing of Channels.
 
 Each source is an infinite iterator; the caller decides the pace. A line of text (``--source stdin``)
-is parsed by ``echo.protocol.parse_values``, as the HTTP publish API's body is.
+is parsed by ``echo.protocol.parse_message`` (values, or a JSON event), as the HTTP publish API's body is.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The HTTP publish API: programs that are not Django publish with an API key (``echo.access.apikeys``).
 
-``POST /api/publish/<topic>``: the body is one message's values, what one line of
-``push_data --source stdin`` takes (a JSON object of numbers, or one number for series ``value``);
-answers ``{"topic", "epoch", "seq"}``. ``POST /api/publish``: ``{"messages": [{"topic", "values"},
-...]}``, at most ``MAX_BATCH``, validated as a whole before any is published; answers
+``POST /api/publish/<topic>``: the body is one message, what one line of ``push_data --source stdin``
+takes: a JSON event ``{"event": NAME, "data": ANY}``, or values (a JSON object of numbers, or one
+number for series ``value``); answers ``{"topic", "epoch", "seq"}``. ``POST /api/publish``:
+``{"messages": [{"topic", "values"} or {"topic", "event", "data"}, ...]}``, at most ``MAX_BATCH``,
+validated as a whole (an event's data within its limits too) before any is published; answers
 ``{"published": [{"topic", "epoch", "seq"}, ...]}`` in order. Both publish through
 ``echo.publishing.broadcast.apublish``: the numbering, history and delivery of ``push_data``.
 
@@ -36,12 +37,23 @@ from echo.errors import UNAVAILABLE, api_error
 from echo.layer.history import valid_idempotency_key
 from echo.models import ApiKey
 from echo.ops import live
-from echo.protocol import FrameError, Position, parse_values, validate_topic, validate_values
+from echo.protocol import (
+    BadEvent,
+    Event,
+    FrameError,
+    Position,
+    encode_event_data,
+    parse_message,
+    validate_event,
+    validate_topic,
+    validate_values,
+)
 from echo.publishing.broadcast import LayerNotShared, apublish
 
 MAX_BATCH = 1000
 MAX_IDEMPOTENCY_HEADER = 100
-MESSAGE_FIELDS = frozenset({"topic", "values"})
+VALUES_FIELDS = frozenset({"topic", "values"})
+EVENT_FIELDS = frozenset({"topic", "event", "data"})
 
 _rate_limit = KeyRateLimit()
 
@@ -74,13 +86,14 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-Message = tuple[str, dict[str, float | int]]
+# A message checked for publishing: its topic, and its values or its JSON event.
+Message = tuple[str, dict[str, float | int] | Event]
 
 
 @csrf_exempt  # a bearer key authenticates, never a cookie: nothing for a forged form to borrow
 async def publish(request: HttpRequest, topic: str) -> JsonResponse:
     """Called for ``POST /api/publish/<topic>``: publish one message; its position, or an error."""
-    return await _answer(request, lambda body: [(_topic(topic), _stdin_values(body))], batch=False)
+    return await _answer(request, lambda body: [(_topic(topic), _stdin_message(body))], batch=False)
 
 
 @csrf_exempt
@@ -155,14 +168,35 @@ def _json(body: bytes) -> Any:
         raise ApiError(400, "bad_json", f"the body is not JSON: {_one_line(exc)}") from None
 
 
-def _stdin_values(body: bytes) -> dict[str, float | int]:
-    """The values of a single publish: exactly what ``push_data --source stdin`` takes as one line."""
+def _stdin_message(body: bytes) -> dict[str, float | int] | Event:
+    """The message of a single publish: exactly what ``push_data --source stdin`` takes as one line."""
     text = _text(body)
     try:
-        return validate_values(parse_values(text))
+        message = parse_message(text)
+    except BadEvent as exc:
+        raise ApiError(400, "bad_event", _one_line(exc)) from None
     except (ValueError, OverflowError, RecursionError) as exc:  # BadValues is a FrameError, a ValueError
-        _json(body)  # not JSON at all: say so (bad_json) rather than what parse_values said
+        _json(body)  # not JSON at all: say so (bad_json) rather than what parse_message said
         raise ApiError(400, "bad_values", _one_line(exc)) from None
+    if isinstance(message, Event):
+        return _checked_event(message.name, message.data)
+    try:
+        return validate_values(message)
+    except (FrameError, OverflowError) as exc:
+        raise ApiError(400, "bad_values", _one_line(exc)) from None
+
+
+def _checked_event(name: Any, data: Any, where: str = "") -> Event:
+    """An event whose name and data will go on the wire (checked again, cheaply, when published)."""
+    try:
+        validate_event(name)
+    except FrameError as exc:
+        raise ApiError(400, "bad_event", where + _one_line(exc)) from None
+    try:
+        encode_event_data(data, app_settings.MESSAGE_MAX_BYTES)
+    except FrameError as exc:
+        raise ApiError(400, "bad_data", where + _one_line(exc)) from None
+    return Event(name, data)
 
 
 def _topic(topic: Any, where: str = "") -> str:
@@ -174,17 +208,21 @@ def _topic(topic: Any, where: str = "") -> str:
 
 def _batch(document: Any) -> list[Message]:
     """The messages of a batch body, each checked; the first bad one refuses the whole batch (400)."""
+    expected = '{"topic": ..., "values": {...}} or {"topic": ..., "event": ..., "data": ...}'
     if not isinstance(document, dict) or set(document) != {"messages"}:
-        raise ApiError(400, "bad_batch", 'expected {"messages": [{"topic": ..., "values": {...}}, ...]}')
+        raise ApiError(400, "bad_batch", 'expected {"messages": [' + expected + ", ...]}")
     items = document["messages"]
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise ApiError(400, "bad_batch", f"'messages' must be a list of 1 to {MAX_BATCH} messages")
     messages: list[Message] = []
     for index, item in enumerate(items):
         where = f"messages[{index}]: "
-        if not isinstance(item, dict) or set(item) != MESSAGE_FIELDS:
-            raise ApiError(400, "bad_batch", where + 'expected {"topic": ..., "values": {...}}')
+        if not isinstance(item, dict) or set(item) not in (VALUES_FIELDS, EVENT_FIELDS):
+            raise ApiError(400, "bad_batch", where + "expected " + expected)
         topic = _topic(item["topic"], where)
+        if "event" in item:
+            messages.append((topic, _checked_event(item["event"], item["data"], where)))
+            continue
         try:
             values = validate_values(item["values"])
         except (FrameError, OverflowError) as exc:
@@ -233,9 +271,12 @@ async def _publish_all(messages: list[Message], idempotency: str | None = None) 
     """
     positions: list[Position] = []
     try:
-        for index, (topic, values) in enumerate(messages):
+        for index, (topic, message) in enumerate(messages):
             message_key = None if idempotency is None else f"{idempotency}.{index}"
-            positions.append(await apublish(topic, values, message_key))
+            if isinstance(message, Event):
+                positions.append(await apublish(topic, message.data, message_key, event=message.name))
+            else:
+                positions.append(await apublish(topic, message, message_key))
     except LayerNotShared as exc:
         raise ApiError(503, UNAVAILABLE, _one_line(exc)) from None
     except (RedisError, OSError) as exc:

@@ -22,7 +22,7 @@ from typing import IO
 from redis.exceptions import RedisError
 
 from echo.layer.redis_link import raise_if_cancelling, redact_url
-from echo.protocol import BadValues, FrameError, Position, parse_values
+from echo.protocol import Event, FrameError, Position, parse_message
 from echo.publishing.broadcast import Publisher, new_idempotency_key
 from echo.publishing.feeds import Values
 
@@ -46,8 +46,9 @@ async def paced(source: Iterator[Values], rate: float) -> AsyncIterator[Values]:
         next_tick = max(next_tick + interval, time.monotonic())
 
 
-async def lines_of(stream: IO[str]) -> AsyncIterator[Values]:
-    """Yield the values of each good line of ``stream`` as it arrives; report and skip bad ones.
+async def lines_of(stream: IO[str]) -> AsyncIterator[Values | Event]:
+    """Yield the message of each good line of ``stream`` as it arrives (values, or a JSON event
+    ``{"event": NAME, "data": ANY}``: ``echo.protocol.parse_message``); report and skip bad ones.
 
     Lines are read on a daemon thread, so Ctrl-C never waits for a blocked read.
     """
@@ -67,13 +68,16 @@ async def lines_of(stream: IO[str]) -> AsyncIterator[Values]:
     while (line := await queue.get()) is not None:
         number += 1
         try:
-            yield parse_values(line)
-        except BadValues as exc:
+            yield parse_message(line)
+        except FrameError as exc:  # BadValues, BadEvent
             logger.warning("stdin line %d skipped: %s", number, exc)
 
 
 class Pump:
-    """Publishes every value from a source on one topic, counting what went out and what was skipped."""
+    """Publishes every message from a source on one topic, counting what went out and what was skipped.
+
+    A message is a feed's values, or a JSON event from stdin; one whose data is past the limits
+    (``MESSAGE_MAX_BYTES``, depth, keys) is skipped with a log line, as a bad line is."""
 
     def __init__(
         self,
@@ -90,7 +94,7 @@ class Pump:
         self.skipped = 0
         self.last: Position | None = None
 
-    async def run(self, values: AsyncIterator[Values], count: int | None = None) -> None:
+    async def run(self, values: AsyncIterator[Values | Event], count: int | None = None) -> None:
         """Publish until ``values`` ends or ``count`` messages have been sent."""
         if count is not None and count <= 0:
             return
@@ -103,7 +107,7 @@ class Pump:
                 if count is not None and self.sent >= count:
                     return
 
-    async def _publish_until_sent(self, values: Values) -> bool:
+    async def _publish_until_sent(self, message: Values | Event) -> bool:
         delay = RETRY_FIRST
         failing_since: float | None = None
         attempts = 0
@@ -111,7 +115,7 @@ class Pump:
         key = new_idempotency_key()
         while True:
             try:
-                self.last = await self.publisher.publish(self.topic, values, idempotency_key=key)
+                self.last = await self._publish(message, key)
             except FrameError as exc:
                 self.skipped += 1
                 logger.warning("Skipped a message that cannot be sent: %s", exc)
@@ -141,11 +145,18 @@ class Pump:
                 )
             return True
 
+    async def _publish(self, message: Values | Event, key: str) -> Position:
+        if isinstance(message, Event):
+            return await self.publisher.publish(
+                self.topic, message.data, idempotency_key=key, event=message.name
+            )
+        return await self.publisher.publish(self.topic, message, idempotency_key=key)
+
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def stdin_lines() -> AsyncIterator[Values]:
-    """The values of each good line of standard input."""
+def stdin_lines() -> AsyncIterator[Values | Event]:
+    """The message of each good line of standard input."""
     return lines_of(sys.stdin)

@@ -52,7 +52,8 @@ class Command(BaseCommand):
     help = (
         "Push live data to every connected page through the Redis channel layer, until Ctrl-C or "
         "--count messages. Sources: random-walk (a price), sine (three waves), system (CPU %, memory %, "
-        "load), stdin (one number or JSON object of numbers per line). With -v 2, prints "
+        "load), stdin (per line: one number, a JSON object of numbers, or a JSON event "
+        '{"event": NAME, "data": ANY}). With -v 2, prints '
         "'published TOPIC EPOCH SEQ' for each message."
     )
 
