@@ -5,6 +5,10 @@ import { LiveConnection, tokenFetcher } from "./connection.js";
 import { DEFAULT_WINDOW, LiveChart } from "./chart.js";
 
 const LOG_MAX_LINES = 500;
+// The events table: the latest data of at most this many (topic, event name) pairs, the least recently
+// updated dropped first; an event's data is shown as JSON text cut to EVENT_TEXT_MAX characters.
+const EVENT_ROWS_MAX = 50;
+const EVENT_TEXT_MAX = 200;
 const DEFAULT_TOPIC = "prices";
 // Where the project mounted the topics API (the template renders it), "/api/topics" by default.
 const TOPICS_URL = document.body.dataset.topicsUrl || "/api/topics";
@@ -53,6 +57,10 @@ function formatAge(seconds) {
   return `${Math.round(seconds / 60)} min`;
 }
 
+function shorten(text, limit) {
+  return text.length <= limit ? text : `${text.slice(0, limit - 1)}\u2026`;
+}
+
 function formatValue(value) {
   return typeof value === "number" && !Number.isInteger(value) ? value.toFixed(2) : String(value);
 }
@@ -61,6 +69,8 @@ function formatValue(value) {
 
 const chart = new LiveChart($("chart"), { windowSeconds: DEFAULT_WINDOW });
 const presence = new Map(); // topic -> its latest presence frame
+const latestEvents = new Map(); // "topic event" -> {topic, event, text, seq}, least recently updated first
+let eventsDirty = false;
 let statusDetail = {};
 let legendDirty = false;
 
@@ -81,10 +91,17 @@ const connection = new LiveConnection({
       chart.add(frame);
       legendDirty = true;
       const kind = frame.replay ? "replayed" : "data";
-      log(`${kind} ${frame.topic} #${frame.seq}: ${JSON.stringify(frame.values)}`);
+      if (typeof frame.event === "string") {
+        const text = shorten(JSON.stringify(frame.data) ?? "null", EVENT_TEXT_MAX);
+        log(`${kind} ${frame.topic} #${frame.seq} ${frame.event}: ${text}`);
+        noteEvent(frame, text);
+      } else {
+        log(`${kind} ${frame.topic} #${frame.seq}: ${JSON.stringify(frame.values)}`);
+      }
     },
     reset: (frame) => {
       chart.resetTopic(frame.topic);
+      forgetEvents((topic) => topic !== frame.topic);
       legendDirty = true;
     },
     presence: (frame) => {
@@ -155,6 +172,37 @@ function showLegend() {
   }
 }
 
+/** Keep a JSON event as its (topic, event name)'s latest, for the events table. */
+function noteEvent(frame, text) {
+  const key = `${frame.topic} ${frame.event}`;
+  latestEvents.delete(key); // re-inserted last: the map's order is the order of updates
+  latestEvents.set(key, { topic: frame.topic, event: frame.event, text, seq: frame.seq });
+  if (latestEvents.size > EVENT_ROWS_MAX) latestEvents.delete(latestEvents.keys().next().value);
+  eventsDirty = true;
+}
+
+/** Forget the events of every topic for which `keep(topic)` is false. */
+function forgetEvents(keep) {
+  for (const [key, { topic }] of latestEvents) if (!keep(topic)) latestEvents.delete(key);
+  eventsDirty = true;
+}
+
+/** The events table, the most recently updated first; hidden until a topic sends an event. */
+function showEvents() {
+  eventsDirty = false;
+  const rows = [...latestEvents.values()].reverse().map(({ topic, event, text, seq }) => {
+    const row = document.createElement("tr");
+    for (const cell of [topic, event, text, `#${seq}`]) {
+      const td = document.createElement("td");
+      td.textContent = cell;
+      row.append(td);
+    }
+    return row;
+  });
+  $("events").tBodies[0].replaceChildren(...rows);
+  $("events-box").hidden = rows.length === 0;
+}
+
 /** About four times a second: the figures that change with time alone (age, countdown, RTT). */
 function refresh() {
   showStatus();
@@ -163,6 +211,7 @@ function refresh() {
   $("rtt-median").textContent = formatMs(median);
   $("age").textContent = chart.newestTs === null ? "–" : formatAge(Date.now() / 1000 - chart.newestTs);
   if (legendDirty) showLegend();
+  if (eventsDirty) showEvents();
 }
 
 // ------------------------------------------------------------ topics
@@ -187,6 +236,7 @@ function showTopics(names) {
         return;
       }
       chart.keepTopics(topics);
+      forgetEvents((topic) => topics.includes(topic));
       legendDirty = true;
       connection.setTopics(topics);
       showPresence();
@@ -231,6 +281,7 @@ showStatus();
  *   count(topic?)  points the chart holds, for one topic or all
  *   series()       the series keys ("topic/series") being drawn
  *   latest()       {key: latest value} as the legend shows them
+ *   events()       {"topic event": its latest data, as JSON text} as the events table shows them
  *   data()         a copy of the chart's data: [xs, ...one array per series]; in a series, null
  *                  where its line breaks (a time gap), undefined where it goes on (another topic's row)
  *   draws()        how many times the chart has been drawn (at most once per animation frame)
@@ -244,6 +295,7 @@ window.liveChart = Object.freeze({
   count: (topic) => chart.count(topic),
   series: () => [...chart.columns.keys()],
   latest: () => Object.fromEntries([...chart.latest].map(([key, { value }]) => [key, value])),
+  events: () => Object.fromEntries([...latestEvents].map(([key, { text }]) => [key, text])),
   data: () => [chart.xs.slice(), ...[...chart.columns.values()].map((column) => column.slice())],
   draws: () => chart.draws,
   windowSeconds: () => chart.windowSeconds,

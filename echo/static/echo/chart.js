@@ -48,6 +48,25 @@ function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
+// A JSON event plots at most this many of its numeric fields, so one odd message cannot add a hundred lines.
+export const MAX_EVENT_SERIES = 16;
+
+/**
+ * The numbers a data frame plots, {series: number}, or null if it has none. A frame of `values` plots
+ * them all; a JSON event (`event`, `data`) plots its data if that is a number (series `event`), else the
+ * numbers among its data's own fields (series `event.field`; nested fields and text are not plotted).
+ */
+export function plottedValues(frame) {
+  const { event, data, values } = frame;
+  if (typeof event !== "string") return values && typeof values === "object" ? values : null;
+  if (typeof data === "number") return { [event]: data };
+  if (!data || typeof data !== "object" || Array.isArray(data)) return null;
+  const numbers = Object.entries(data).filter(([, value]) => typeof value === "number");
+  if (!numbers.length) return null;
+  const plotted = numbers.slice(0, MAX_EVENT_SERIES).map(([field, value]) => [`${event}.${field}`, value]);
+  return Object.fromEntries(plotted);
+}
+
 /**
  * The chart's data is one table: a row per data frame (x = its ts), a column per series
  * ("topic/series"). Rows stay sorted by ts, so replayed history can arrive after live points of another
@@ -78,10 +97,12 @@ export class LiveChart {
     new ResizeObserver(() => this.resize()).observe(element);
   }
 
-  /** Called for each new data frame: store it; the chart redraws on the next animation frame. */
+  /** Called for each new data frame: store what it plots (`plottedValues`), if anything; the chart
+   * redraws on the next animation frame. */
   add(frame) {
-    const { topic, ts, values } = frame;
-    if (typeof topic !== "string" || typeof ts !== "number" || !values || typeof values !== "object") return;
+    const { topic, ts } = frame;
+    const values = plottedValues(frame);
+    if (typeof topic !== "string" || typeof ts !== "number" || !values) return;
     const at = this.xs.length && ts < this.xs[this.xs.length - 1] ? lowerBound(this.xs, ts) : this.xs.length;
     this.insertRow(at, ts, topic, false);
     for (const [name, value] of Object.entries(values)) {
