@@ -23,6 +23,7 @@ from django.test import override_settings
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from echo.layer.redis_target import parse_redis_url
 from echo.protocol import (
     MAX_DATA_DEPTH,
     MAX_DATA_KEYS,
@@ -276,6 +277,22 @@ async def test_publish_from_sync_code_takes_an_event(topic: str) -> None:
         {"ready": True, "url": "/x"},
     )
     await client.disconnect()
+
+
+async def test_an_event_goes_out_without_a_position_on_a_layer_that_numbers_nothing(topic: str) -> None:
+    hosts = parse_redis_url(os.environ["REDIS_URL"]).channels_redis_hosts()
+    layer = {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": hosts}}
+    with override_settings(
+        CHANNEL_LAYERS={"default": {**layer, "CONFIG": {"hosts": hosts, "prefix": topic}}}
+    ):
+        client = await connect(f"/ws/echo/?topics={topic}&history=0")
+        position = await Publisher().publish(topic, NOTE, event="note")
+        output = await client.receive_output(timeout=timeout(5))
+        assert position == (None, 0)
+        frame = json.loads(output["text"])
+        assert isinstance(frame.pop("ts"), float)
+        assert frame == {"type": "data", "topic": topic, "event": "note", "data": NOTE}
+        await client.disconnect()
 
 
 # --- push_data --source stdin ------------------------------------------------------------------------
