@@ -135,7 +135,7 @@ class EchoConsumer(DeliveredWebsocketConsumer):
 
     async def identity_revoked(self, event: dict[str, Any]) -> None:
         """Called when this connection's user or key may have lost its right (``echo.access.revocation``)."""
-        if not self.closing and (error := await self.admission.revoked(event)) is not None:
+        if not self.closing and (error := await self.admission.revoked(self.scope, event)) is not None:
             await self.refuse(error)
 
     async def refuse(self, error: ClientError) -> None:

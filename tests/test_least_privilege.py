@@ -164,7 +164,7 @@ async def test_a_malformed_pattern_is_a_400_never_a_500(production_server: Serve
     create_accounts(account)
     browser = Browser(production_server)
     browser.log_in(account)
-    for pattern in ("user-{user_id}{user_id}", "{user_id}*", "{nope}", "x" * 101, 7):
+    for pattern in ("user-{user_id}{user_id}", "{user_id}*", "{Nope}", "{slug}_x", "x" * 101, 7):
         answer = browser.post_json("/api/token", {"topics": [pattern]})
         assert (answer.status, answer.json()["error"]) == (400, "bad_topics"), pattern
         assert "Traceback" not in answer.body

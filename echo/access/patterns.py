@@ -1,7 +1,9 @@
 """Topic patterns, parsed once into matchers whose cost is linear in the topic: no regular expression.
 
 A pattern is topic characters (``a-z 0-9 _ -``), ``*`` (any run of them, empty included) and named
-parts, today ``{user_id}`` (a user's id: ``1`` to ``9999999999999999999``). The same syntax serves
+parts: a name ending in ``_id`` (``{user_id}``, ``{order_id}``) is an id, ``1`` to
+``9999999999999999999``; any other name (``{slug}``) is a run of ``a-z 0-9 _``. Names are
+``a-z 0-9 _``, at most 32 characters, each once in a pattern. The same syntax serves
 ``WS_TOPIC_ACCESS``, API keys' grants and connection tokens, so a client may send patterns too: that
 is why they are never turned into a backtracking regular expression. Matching a topic is one pass over
 the part before the first ``*`` and a left-to-right ``str.find`` per literal between stars (the
@@ -9,9 +11,9 @@ classic glob algorithm, which never has to go back), so no pattern can hold a wo
 
 To keep that pass deterministic, named parts stand only before the first ``*``, and each is followed by
 the end of the pattern or by a character its own part cannot contain (``user-{user_id}-inbox``, not
-``{user_id}*`` nor ``{user_id}7``). Patterns are at most ``MAX_PATTERN_LENGTH`` characters with at
-most ``MAX_WILDCARDS`` stars. A pattern that breaks a rule raises ``PatternError`` with one line
-saying which.
+``{user_id}*`` nor ``{user_id}7``; ``{slug}-x``, not ``{slug}_x``). Patterns are at most
+``MAX_PATTERN_LENGTH`` characters with at most ``MAX_WILDCARDS`` stars. A pattern that breaks a rule
+raises ``PatternError`` with one line saying which.
 """
 
 from __future__ import annotations
@@ -39,7 +41,18 @@ class Part:
 
 
 _DIGITS = frozenset(string.digits)
-PARTS = {"user_id": Part(_DIGITS, 19, _DIGITS - {"0"})}
+_WORD = frozenset(string.ascii_lowercase + string.digits + "_")
+ID_PART = Part(_DIGITS, 19, _DIGITS - {"0"})
+WORD_PART = Part(_WORD, 48, _WORD)
+NAME_CHARACTERS = _WORD
+MAX_NAME_LENGTH = 32
+
+
+def part_named(name: str) -> Part | None:
+    """The part a name stands for (``*_id``: an id; else a word), or None for a name not allowed."""
+    if not name or len(name) > MAX_NAME_LENGTH or not set(name) <= NAME_CHARACTERS or name[0].isdigit():
+        return None
+    return ID_PART if name.endswith("_id") else WORD_PART
 
 
 class PatternError(ValueError):
@@ -124,10 +137,12 @@ def _parse_head(text: str, head: str, *, followed_by_star: bool) -> tuple[str | 
             raise PatternError(
                 f"invalid topic pattern {text!r}: a-z 0-9 _ - and '*', with {{user_id}} before any '*'"
             )
-        part = PARTS.get(name)
+        part = part_named(name)
         if part is None:
-            known = ", ".join("{" + known + "}" for known in PARTS)
-            raise PatternError(f"invalid topic pattern {text!r}: unknown part {{{name}}} (known: {known})")
+            raise PatternError(
+                f"invalid topic pattern {text!r}: bad part name {{{name[:40]}}} "
+                f"(a-z 0-9 _, at most {MAX_NAME_LENGTH} characters)"
+            )
         if any(isinstance(item, tuple) and item[0] == name for item in items):
             raise PatternError(f"invalid topic pattern {text!r}: {{{name}}} stands twice")
         following = after[:1]

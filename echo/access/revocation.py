@@ -56,6 +56,12 @@ def connect_signals() -> None:
     user_logged_out.connect(_logged_out, dispatch_uid="echo.access.revocation.logout")
 
 
+def access_changed(user: Any) -> None:
+    """Called by the app when its answer for ``user`` may have changed (an order handed to someone
+    else): every socket of the user asks its credential, and the ``call:`` rules, again."""
+    _notify(f"identity.user.{user.pk}", {"type": REVOKED_EVENT})
+
+
 def _user_saved(sender: Any, instance: Any, created: bool, update_fields: Any = None, **kwargs: Any) -> None:
     # A login saves last_login and nothing else: no reason to check anyone's sockets.
     if not created and not (update_fields and set(update_fields) <= {"last_login"}):

@@ -31,13 +31,14 @@ def accepted_protocol(scope: dict[str, Any]) -> str | None:
 class Admission:
     """One connection's right to be open: checked on connect, held until it ends or is taken back."""
 
-    __slots__ = ("counted_address", "credential", "token_expiry", "viewer")
+    __slots__ = ("asked", "counted_address", "credential", "token_expiry", "viewer")
 
     def __init__(self) -> None:
         self.counted_address: str | None = None  # what it counts against, until release()
         self.viewer: str | None = None  # who presence lists on its topics that are not public
         self.credential: Credential | None = None  # who got in, if anyone: checked again on revocation
         self.token_expiry: asyncio.TimerHandle | None = None
+        self.asked: tuple[str, ...] = ()  # topics the app decided (call: rules): asked again on revocation
 
     async def admit(
         self, scope: dict[str, Any], topics: tuple[str, ...], on_token_expiry: Callable[[], None]
@@ -59,6 +60,7 @@ class Admission:
             raise ClientError("forbidden", f"not allowed to read {', '.join(denied)}", CLOSE_FORBIDDEN)
         if private:
             self.viewer = reader.name
+            self.asked = tuple(topic for topic in private if access.decided_by_app(topic))
         if token is not None:
             self.token_expiry = asyncio.get_running_loop().call_later(token.remaining(), on_token_expiry)
 
@@ -76,9 +78,23 @@ class Admission:
         """The group that hears when this connection's identity changes (``echo.access.revocation``)."""
         return identity_group(self.credential) if self.credential is not None else None
 
-    async def revoked(self, event: dict[str, Any]) -> ClientError | None:
-        """Why the connection must close now that its identity changed, or None if it still may stay."""
-        return await self.credential.revoked(event.get("session")) if self.credential is not None else None
+    async def revoked(self, scope: dict[str, Any], event: dict[str, Any]) -> ClientError | None:
+        """Why the connection must close now that its identity changed, or None if it still may stay:
+        its credential is checked again, and the app asked again about the topics it decides."""
+        if self.credential is None:
+            return None
+        error = await self.credential.revoked(event.get("session"))
+        if error is not None or not self.asked:
+            return error
+        try:
+            reader, _, _ = await connection_reader(scope)
+        except TokenError as expired:
+            return ClientError(expired.code, expired.detail, CLOSE_UNAUTHORIZED)
+        access = topic_access()
+        denied = [topic for topic in self.asked if not await access.can_read(reader, topic)]
+        if denied:
+            return ClientError("forbidden", f"no longer allowed to read {', '.join(denied)}", CLOSE_FORBIDDEN)
+        return None
 
     def presence(self, layer: Any, topics: tuple[str, ...], change: str) -> None:
         """Count the connection in (``join``) or out of (``leave``) its topics' presence; on topics that
