@@ -21,6 +21,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,7 @@ SYSTEM_FIXTURES = frozenset(
     {
         "static_root", "server_env", "server", "any_server", "production_server", "server_command",
         "private_redis", "redis_cluster", "redis_sentinel", "postgres_url", "empty_postgres_url",
-        "database_url", "database_env",
+        "database_url", "database_env", "browser", "page",
     }
 )  # fmt: skip
 
@@ -226,3 +227,34 @@ def database_env(server_env: dict[str, str], database_url: str) -> dict[str, str
         return server_env
     prefix = "wsdemo-test-pg-" + uuid.uuid4().hex[:8]
     return {**server_env, "DATABASE_URL": database_url, "CHANNEL_LAYER_PREFIX": prefix}
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's headless Chromium, driven by Playwright: one for the session (skipped without it,
+    failed under CI=true)."""
+    from tests.helpers.browser import CHROMIUM_ARGS, require_chromium, require_frontend
+
+    executable = require_chromium()
+    require_frontend()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh page with the WebSocket spy installed; console errors are collected on `page.console`."""
+    from tests.helpers.browser import WEBSOCKET_SPY, ConsoleWatcher, ms
+
+    context = browser.new_context(viewport={"width": 1000, "height": 1000})
+    context.add_init_script(WEBSOCKET_SPY)
+    new_page = context.new_page()
+    new_page.set_default_timeout(ms(20))
+    new_page.console = ConsoleWatcher()
+    new_page.console.attach(new_page)
+    yield new_page
+    context.close()

@@ -23,11 +23,8 @@ import websockets
 from tests.helpers.accounts import Account, Browser, create_accounts, new_account
 from tests.helpers.browser import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
     ConsoleWatcher,
     ms,
-    require_chromium,
-    require_frontend,
 )
 from tests.helpers.processes import ROOT, SERVER_COMMANDS, Server, spawn, start_server, stop, timeout
 from tests.helpers.publishing import create_key, publish, unique_name
@@ -79,18 +76,6 @@ def test_staff_get_the_data(live_server: Server, accounts: tuple[Account, Accoun
     body = data.json()
     assert {"time", "topics", "topics_total", "processes", "refused", "dropped", "keys"} <= set(body)
     assert body["processes"], "the server process reports itself"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_chromium()
-    require_frontend()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
 
 
 def log_in(browser: Any, server: Server, account: Account, viewport: dict[str, int]) -> Any:

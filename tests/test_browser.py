@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,14 +18,9 @@ import pytest
 from tests.helpers.accounts import create_accounts, new_account
 from tests.helpers.browser import (
     ARTIFACTS,
-    CHROMIUM_ARGS,
     WEBSOCKET_FAILED,
-    WEBSOCKET_SPY,
-    ConsoleWatcher,
     ms,
     push_data,
-    require_chromium,
-    require_frontend,
     restartable_server,
 )
 from tests.helpers.processes import ROOT, SERVER_COMMANDS, Server, start_server
@@ -40,31 +34,6 @@ POINTS_SINCE = "([since]) => window.liveChart.data()[0].filter((x) => x >= since
 POINTS_SINCE_AT_LEAST = (
     "([since, count]) => window.liveChart.data()[0].filter((x) => x >= since).length >= count"
 )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_chromium()
-    require_frontend()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page with the WebSocket spy installed; console errors are collected on `page.console`."""
-    context = browser.new_context(viewport={"width": 1000, "height": 1000})
-    context.add_init_script(WEBSOCKET_SPY)
-    new_page = context.new_page()
-    new_page.set_default_timeout(ms(20))
-    new_page.console = ConsoleWatcher()
-    new_page.console.attach(new_page)
-    yield new_page
-    context.close()
 
 
 def open_page(page: Any, server: Server) -> None:

@@ -7,7 +7,6 @@ no template syntax. Waits are on conditions in the page, with timeouts scaled by
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,12 +14,8 @@ import pytest
 
 from echo.publishing import publish
 from tests.helpers.browser import (
-    CHROMIUM_ARGS,
     WEBSOCKET_FAILED,
-    WEBSOCKET_SPY,
-    ConsoleWatcher,
     ms,
-    require_chromium,
     restartable_server,
 )
 from tests.helpers.processes import Server, timeout
@@ -31,30 +26,6 @@ TEMPLATE_SYNTAX = ("{#", "#}", "{%", "%}", "{{", "}}")
 # The seqs the list shows for a topic, in order (a page function: the CSP forbids eval).
 SEQS = "(topic) => [...document.querySelectorAll(`#frames li[data-type=data][data-topic='${topic}']`)]"
 SEQS += ".map((li) => Number(li.dataset.seq))"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    """A fresh page with the WebSocket spy installed; console errors are collected on `page.console`."""
-    context = browser.new_context()
-    context.add_init_script(WEBSOCKET_SPY)
-    new_page = context.new_page()
-    new_page.set_default_timeout(ms(20))
-    new_page.console = ConsoleWatcher()
-    new_page.console.attach(new_page)
-    yield new_page
-    context.close()
 
 
 def publish_values(topic: str, numbers: range) -> None:

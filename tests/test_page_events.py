@@ -5,7 +5,6 @@ fields plotted as ``topic/event.field``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -13,12 +12,7 @@ import pytest
 
 from echo.publishing import broadcast
 from tests.helpers.browser import (
-    CHROMIUM_ARGS,
-    WEBSOCKET_SPY,
-    ConsoleWatcher,
     ms,
-    require_chromium,
-    require_frontend,
 )
 from tests.helpers.processes import Server
 
@@ -29,30 +23,6 @@ def publish(topic: str, data: Any, event: str) -> None:
     """``publish()`` from a thread of its own: Playwright's sync API runs an event loop in this one."""
     with ThreadPoolExecutor(1) as pool:
         pool.submit(broadcast.publish, topic, data, event=event).result()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_chromium()
-    require_frontend()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1000, "height": 1000})
-    context.add_init_script(WEBSOCKET_SPY)
-    new_page = context.new_page()
-    new_page.set_default_timeout(ms(20))
-    new_page.console = ConsoleWatcher()
-    new_page.console.attach(new_page)
-    yield new_page
-    context.close()
 
 
 def test_json_events_show_in_the_log_the_events_table_and_the_chart(
