@@ -1,4 +1,5 @@
-"""Permissions the app decides: ``call:`` rules in WS_TOPIC_ACCESS, asking the app's own models.
+"""Permissions the app decides: ``call:`` rules in WS_TOPIC_ACCESS, asking the app's own models, over
+WebSocket and Server-Sent Events.
 
 The app is tests/testapp (an ``Order`` owned by a user); its functions are in tests/testapp/access.py.
 """
@@ -6,6 +7,7 @@ The app is tests/testapp (an ``Order`` owned by a user); its functions are in te
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import os
@@ -115,6 +117,20 @@ def orm(code: str) -> str:
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
+def event_stream_start(server: Server, topic: str, browser: Browser) -> tuple[int, str, bytes]:
+    """GET /events/ for ``topic`` with the browser's cookies: the status, content type and first bytes."""
+    connection = http.client.HTTPConnection(server.host, server.port, timeout=timeout(10))
+    try:
+        connection.request(
+            "GET", f"/events/?topics={topic}&history=0", headers={"Cookie": browser.cookie_header}
+        )
+        response = connection.getresponse()
+        content_type = (response.getheader("Content-Type") or "").split(";")[0]
+        return response.status, content_type, response.read1(4096)
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def shop(server_env: dict[str, str]) -> Iterator[Server]:
     with start_server(
@@ -139,6 +155,11 @@ async def test_the_owner_of_order_1_reads_it_another_user_gets_3003_and_a_handov
     async with connect(shop, f"topics={topic}&history=0", browser=sessions[other.username]) as ws:
         error, code = await refusal(ws)
         assert (error["code"], code) == ("forbidden", 3003)
+    # Server-Sent Events ask the same rule: the other user is refused (403), the owner streams.
+    refused = await asyncio.to_thread(event_stream_start, shop, topic, sessions[other.username])
+    assert refused[0] == 403 and json.loads(refused[2])["error"] == "forbidden"
+    streaming = await asyncio.to_thread(event_stream_start, shop, topic, sessions[owner.username])
+    assert streaming[:2] == (200, "text/event-stream"), streaming
     async with connect(shop, f"topics={topic}&history=0", browser=sessions[owner.username]) as ws:
         await ws.send("*")
         assert await next_echo(ws) == "*"
