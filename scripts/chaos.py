@@ -114,6 +114,7 @@ class ChaosConfig:
     slow: int = 2
     flooders: int = 1
     reconnecting: int = 4
+    sse: int = 2  # of the clients, Server-Sent Events readers (/events/) resuming as EventSource does
     own_close: tuple[float, float] = (2.0, 12.0)  # reconnecting clients close after this long
     slow_reading: tuple[float, float] = (2.0, 6.0)  # a slow client reads for this long...
     slow_stall: tuple[float, float] = (12.0, 28.0)  # ...then stops reading for this long, and again
@@ -321,7 +322,7 @@ class Publisher:
 @dataclass
 class ClientSpec:
     name: str
-    kind: str  # steady, reconnecting, slow, flood
+    kind: str  # steady, reconnecting, slow, flood, sse
     topics: tuple[str, ...]
     address: str
 
@@ -502,6 +503,74 @@ class ChaosClient:
             await ws.close()
 
 
+class SseChaosClient(ChaosClient):
+    """A Server-Sent Events client through nginx, resuming as a browser's ``EventSource`` does: the same
+    URL every time (the whole history of a topic it has no position in), and ``Last-Event-ID`` set to
+    the last event ``id`` the server sent. Records what it reads as the WebSocket clients do, and each
+    connection's ``since`` as the positions that id names (seq 0, "nothing of that epoch yet", is none).
+    """
+
+    last_id = ""
+
+    def url(self) -> str:
+        query = f"topics={','.join(self.spec.topics)}&history={self.config.history_length}"
+        return f"/events/?{query}"
+
+    async def _connection(self) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.nginx.host, self.nginx.port, local_addr=(self.spec.address, 0)),
+            timeout(10),
+        )
+        try:
+            # HTTP/1.0: nginx then sends the body as it comes, unchunked, and closes at its end.
+            resume = f"Last-Event-ID: {self.last_id}\r\n" if self.last_id else ""
+            host = f"{self.nginx.host}:{self.nginx.port}"
+            writer.write(f"GET {self.url()} HTTP/1.0\r\nHost: {host}\r\n{resume}\r\n".encode())
+            status_line = await asyncio.wait_for(reader.readline(), timeout(10))
+            status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
+            while (await asyncio.wait_for(reader.readline(), timeout(10))).strip():
+                pass  # the response's headers
+            if status != 200:
+                self.refused += 1
+                self.records.append(Close(self.clock(), status, (await reader.read(300)).decode("latin1")))
+                return
+            self.records.append(Connect(self.clock(), self._since()))
+            self.connected.set()
+            await self._events(reader)
+            self.records.append(Close(self.clock(), status, "the stream ended"))
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    def _since(self) -> dict[str, Position]:
+        since = {}
+        for item in filter(None, self.last_id.split(",")):
+            topic, _, rest = item.partition(":")
+            seq, _, epoch = rest.partition(":")
+            if epoch and int(seq) > 0:
+                since[topic] = (epoch, int(seq))
+        return since
+
+    async def _events(self, reader: asyncio.StreamReader) -> None:
+        """Read events until the stream ends: ``data`` frames recorded, ``id`` kept for the next time."""
+        data: list[str] = []
+        event_id: str | None = None
+        while line := (await reader.readline()).decode():
+            line = line.rstrip("\r\n")
+            if line.startswith("data: "):
+                data.append(line[6:])
+            elif line.startswith("id: "):
+                event_id = line[4:]
+            elif not line:
+                if event_id is not None:
+                    self.last_id = event_id  # as EventSource does, whether or not there was data
+                if data:
+                    self._take("\n".join(data))
+                    self.progress.set()
+                data, event_id = [], None
+
+
 def client_specs(config: ChaosConfig, rng: random.Random) -> list[ClientSpec]:
     """Who follows what: slow readers every topic, the bulk one included; the others a random subset.
 
@@ -511,10 +580,11 @@ def client_specs(config: ChaosConfig, rng: random.Random) -> list[ClientSpec]:
     topics = list(config.publishers)
     everything = (*topics, config.bulk_topic) if config.bulk_rate else tuple(topics)
     kinds = ["slow"] * config.slow + ["flood"] * config.flooders + ["reconnecting"] * config.reconnecting
+    kinds += ["sse"] * config.sse
     kinds += ["steady"] * (config.clients - len(kinds))
     specs = []
     for index, kind in enumerate(kinds):
-        if kind == "slow" or index == kinds.index("steady"):
+        if kind == "slow" or index in (kinds.index("steady"), kinds.index("sse") if config.sse else -1):
             chosen: tuple[str, ...] = everything
         else:
             chosen = tuple(sorted(rng.sample(topics, rng.randint(1, len(topics)))))
@@ -554,8 +624,9 @@ def validate(config: ChaosConfig) -> None:
             f"{config.history_length:,}: history would be trimmed and the checker could not tell a lost "
             "frame from a trimmed one; shorten the run"
         )
-    if config.clients < config.slow + config.flooders + config.reconnecting + 1:
-        raise SystemExit(f"at least {config.slow + config.flooders + config.reconnecting + 1} clients")
+    special = config.slow + config.flooders + config.reconnecting + config.sse
+    if config.clients < special + 1:
+        raise SystemExit(f"at least {special + 1} clients")
     unknown = set(config.backends) - set(BACKEND_KINDS)
     if unknown or not config.backends:
         raise SystemExit(f"backends: unknown {sorted(unknown)}; use {', '.join(BACKEND_KINDS)}")
@@ -619,7 +690,12 @@ class Chaos:
     async def run(self, nginx: Server) -> None:
         """Everything between nginx starting and the processes stopping, within a deadline."""
         specs = client_specs(self.config, self.rng)
-        self.clients = [ChaosClient(spec, nginx, self.config, self.clock, self.progress) for spec in specs]
+        self.clients = [
+            (SseChaosClient if spec.kind == "sse" else ChaosClient)(
+                spec, nginx, self.config, self.clock, self.progress
+            )
+            for spec in specs
+        ]
         tasks = [asyncio.ensure_future(client.run()) for client in self.clients]
         config = self.config
         budget = config.first_fault + config.duration + config.tail + config.converge_seconds + 300
