@@ -7,17 +7,13 @@ Every wait is on a condition in the page with a timeout scaled by TEST_TIMEOUT_F
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.helpers.browser import (
-    CHROMIUM_ARGS,
-    ConsoleWatcher,
     ms,
     push_data,
-    require_chromium,
     restartable_server,
 )
 
@@ -38,28 +34,6 @@ LISTEN = """
   window.__source = source;
 }
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context()
-    new_page = context.new_page()
-    new_page.set_default_timeout(ms(20))
-    new_page.console = ConsoleWatcher()
-    new_page.console.attach(new_page)
-    yield new_page
-    context.close()
 
 
 def publish(env: dict[str, str], topic: str, count: int) -> None:
