@@ -894,7 +894,7 @@ def test_the_production_requirements_hold_everything_they_pull_in_and_nothing_of
 def test_uvicorn_takes_the_http_protocol_class_by_import_string() -> None:
     config = uvicorn.Config(server.APPLICATION, **server.options("127.0.0.1", 0, 1))
     config.load()
-    assert config.http_protocol_class is uvicorn_ws.HeadersDeadlineHttpProtocol
+    assert config.http_protocol_class is uvicorn_ws.BoundedHttpProtocol
 
 
 async def empty_http_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -902,10 +902,10 @@ async def empty_http_app(scope: dict[str, Any], receive: Any, send: Any) -> None
     await send({"type": "http.response.body", "body": b""})
 
 
-def http_protocol() -> tuple[uvicorn_ws.HeadersDeadlineHttpProtocol, FakeTransport]:
+def http_protocol() -> tuple[uvicorn_ws.BoundedHttpProtocol, FakeTransport]:
     config = uvicorn.Config(empty_http_app, **{**server.options("127.0.0.1", 0, 1), "log_config": None})
     config.load()
-    protocol = uvicorn_ws.HeadersDeadlineHttpProtocol(config=config, server_state=ServerState(), app_state={})
+    protocol = uvicorn_ws.BoundedHttpProtocol(config=config, server_state=ServerState(), app_state={})
     transport = FakeTransport()
     protocol.connection_made(transport)
     return protocol, transport
@@ -933,3 +933,32 @@ async def test_past_the_deadline_the_connection_gets_a_408_and_is_closed(monkeyp
             await asyncio.sleep(0.01)
     assert transport.take().startswith(b"HTTP/1.1 408 ")
     assert protocol.client == ("127.0.0.1", 50000)
+
+
+async def test_shutdown_ends_a_streaming_response_and_the_app_hears_disconnect() -> None:
+    """uvicorn's cycle: response_started / response_complete say a response is streaming; setting
+    disconnected and message_event makes the app's receive() answer http.disconnect."""
+    heard: list[str] = []
+
+    async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        while (message := await receive())["type"] != "http.disconnect":
+            pass
+        heard.append(message["type"])
+
+    config = uvicorn.Config(streaming_app, **{**server.options("127.0.0.1", 0, 1), "log_config": None})
+    config.load()
+    protocol = uvicorn_ws.BoundedHttpProtocol(config=config, server_state=ServerState(), app_state={})
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(b"GET /events/ HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    async with asyncio.timeout(timeout(5)):
+        while protocol.cycle is None or not protocol.cycle.response_started:
+            await asyncio.sleep(0)
+    assert b"data: 1" in transport.take()
+    protocol.shutdown()
+    async with asyncio.timeout(timeout(5)):
+        while not heard:
+            await asyncio.sleep(0)
+    assert heard == ["http.disconnect"] and transport.closing

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import signal
 import socket
 import subprocess
 import threading
@@ -191,3 +192,25 @@ async def test_a_stream_that_stops_reading_is_dropped_and_costs_its_neighbours_n
         finally:
             sock.close()
             reader.stop()
+
+
+async def test_a_server_stopping_ends_its_streams_at_once_without_a_traceback(
+    server_env: dict[str, str],
+) -> None:
+    """SIGTERM: an open stream is ended (curl sees the response end), the server exits well within its
+    graceful timeout, and its log has no traceback (uvicorn alone would cancel the app after 5 s)."""
+    from tests.helpers.processes import stop
+
+    with start_server(SERVER_COMMANDS["production"], server_env) as server:
+        curl = Curl(server.http_url("/events/?topics=stopping&history=0"))
+        try:
+            await until(curl, joined)
+            started = time.monotonic()
+            stop(server.process, signal.SIGTERM)
+            stopped_in = time.monotonic() - started
+            assert await asyncio.to_thread(curl.process.wait, timeout(10)) is not None  # the response ended
+        finally:
+            curl.stop()
+        log = server.output.drain()
+    assert stopped_in < 4, f"stopped in {stopped_in:.1f} s"
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]

@@ -39,7 +39,7 @@ MAX_AUTO_WORKERS = 4
 APPLICATION = "wsproject.asgi:application"
 # uvicorn imports the protocol class by this name in each worker: its supported extension point.
 WS_PROTOCOL = "wsproject.uvicorn_ws:BoundedWebSocketProtocol"
-HTTP_PROTOCOL = "wsproject.uvicorn_ws:HeadersDeadlineHttpProtocol"
+HTTP_PROTOCOL = "wsproject.uvicorn_ws:BoundedHttpProtocol"
 
 
 def options(host: str, port: int, workers: int) -> dict[str, Any]:

@@ -410,7 +410,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         logger.info("Closing %d WebSocket connections with %d", closing, CLOSE_GOING_AWAY)
 
 
-class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
+class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol, with a deadline for each request's headers (a slowloris defence):
     ``HTTP_HEADERS_TIMEOUT`` (uvicorn has none: a client trickling a header a minute would hold its
     socket for ever).
@@ -469,6 +469,19 @@ class HeadersDeadlineHttpProtocol(HttpToolsProtocol):
         )
         metrics.inc("http_aborted_total", "stalled_client")
         self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Called by uvicorn's server on SIGTERM. A response still streaming (an event stream) never
+        completes by itself: uvicorn would wait its graceful timeout, then cancel the app with a
+        traceback. It is ended now instead: the app hears ``http.disconnect`` and returns, and the
+        client (``EventSource``) reconnects, to another replica, with ``Last-Event-ID``."""
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            self.transport.close()
+            return
+        super().shutdown()
 
     def _arm(self) -> None:
         self.headers_deadline = self.loop.call_later(settings.HTTP_HEADERS_TIMEOUT, self._headers_too_slow)
