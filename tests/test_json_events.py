@@ -17,7 +17,6 @@ import sys
 from typing import Any
 
 import pytest
-import websockets
 from channels.testing import WebsocketCommunicator
 from django.test import override_settings
 from hypothesis import assume, given, settings
@@ -37,7 +36,7 @@ from echo.protocol import (
     parse_message,
 )
 from echo.publishing.broadcast import Publisher, publish
-from tests.helpers.clients import data_frames, next_echo
+from tests.helpers.clients import data_frames, next_data, watch
 from tests.helpers.processes import ROOT, Server, timeout
 from tests.helpers.publishing import create_key, publish_batch, request
 from wsproject.asgi import application
@@ -332,23 +331,6 @@ async def test_push_data_takes_event_lines_beside_values_lines(topic: str) -> No
 
 
 # --- the HTTP publish API, on real servers, to a websockets client ---------------------------------
-
-
-async def watch(server: Server, topic: str) -> websockets.ClientConnection:
-    """A client of ``topic``, live only, once its first echo came back (so it is subscribed)."""
-    ws = await websockets.connect(server.ws_url(f"/ws/echo/?topics={topic}&history=0"), origin=server.origin)
-    await ws.send("*")
-    assert await next_echo(ws) == "*"
-    return ws
-
-
-async def next_data(ws: websockets.ClientConnection, count: int) -> list[dict]:
-    frames: list[dict] = []
-    while len(frames) < count:
-        message = await asyncio.wait_for(ws.recv(), timeout(10))
-        frames += [f for f in data_frames(message) if f["type"] == "data"]
-    assert len(frames) == count, frames
-    return frames
 
 
 async def test_curl_publishes_a_note_and_a_websocket_client_receives_it_at_its_seq(

@@ -10,35 +10,15 @@ import sys
 import uuid
 
 import pytest
-import websockets
 from channels.layers import InMemoryChannelLayer
 
 from echo.access.apikeys import KeyRateLimit
 from echo.models import ApiKey
 from scripts import devenv
 from scripts.redis_server import RedisServer
-from tests.helpers.clients import data_frames, next_echo
+from tests.helpers.clients import next_data, watch
 from tests.helpers.processes import SERVER_COMMANDS, Server, spawn, start_server, timeout
 from tests.helpers.publishing import api_key, create_key, publish, publish_batch, request, unique_name
-
-
-async def watch(server: Server, *topics: str) -> websockets.ClientConnection:
-    """A WebSocket client subscribed to ``topics`` (live only), once its first echo came back."""
-    ws = await websockets.connect(server.ws_url(f"/ws/echo/?topics={','.join(topics)}&history=0"))
-    await ws.send("*")
-    assert await next_echo(ws) == "*"
-    return ws
-
-
-async def next_data(ws: websockets.ClientConnection, count: int) -> list[dict]:
-    """The next ``count`` data frames, skipping presence frames and echoes."""
-    frames: list[dict] = []
-    while len(frames) < count:
-        message = await asyncio.wait_for(ws.recv(), timeout(10))
-        if isinstance(message, str) and message.startswith('{"type":'):
-            frames += [frame for frame in data_frames(message) if frame["type"] == "data"]
-    assert len(frames) == count, frames
-    return frames
 
 
 async def test_a_published_message_reaches_websocket_clients_at_its_position(

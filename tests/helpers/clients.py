@@ -68,3 +68,26 @@ def open_raw_client(port: int, path: str) -> socket.socket:
     )
     assert b" 101 " in sock.recv(4096).split(b"\r\n", 1)[0]
     return sock
+
+
+async def watch(server: Any, *topics: str) -> Any:
+    """A WebSocket client of ``topics`` (live only, from the page's origin), once its first echo came
+    back: it is subscribed by then."""
+    import websockets
+
+    url = server.ws_url(f"/ws/echo/?topics={','.join(topics)}&history=0")
+    ws = await websockets.connect(url, origin=server.origin)
+    await ws.send("*")
+    assert await next_echo(ws) == "*"
+    return ws
+
+
+async def next_data(ws: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` data frames, skipping presence frames and echoes."""
+    frames: list[dict[str, Any]] = []
+    while len(frames) < count:
+        message = await asyncio.wait_for(ws.recv(), timeout(10))
+        if isinstance(message, str) and message.startswith('{"type":'):
+            frames += [frame for frame in data_frames(message) if frame["type"] == "data"]
+    assert len(frames) == count, frames
+    return frames
