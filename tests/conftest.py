@@ -229,10 +229,11 @@ def database_env(server_env: dict[str, str], database_url: str) -> dict[str, str
     return {**server_env, "DATABASE_URL": database_url, "CHANNEL_LAYER_PREFIX": prefix}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's headless Chromium, driven by Playwright: one for the session (skipped without it,
-    failed under CI=true)."""
+    """Debian's headless Chromium, driven by Playwright: one per test module (skipped without it,
+    failed under CI=true). Not one per session: Playwright's sync API keeps an event loop running in
+    the main thread while it is open, and the async tests of later modules could not start theirs."""
     from tests.helpers.browser import CHROMIUM_ARGS, require_chromium, require_frontend
 
     executable = require_chromium()
