@@ -1,8 +1,8 @@
 """`echo` as a reusable app: a second, minimal Django project adds it and publishes from its own model.
 
-The project is written to a temporary directory as someone would write it (README: "Use it in your own
-project"): `echo` in INSTALLED_APPS, its URLs included under `live/`, its WebSocket routes in the
-project's own `asgi.py`, and a `shop` app whose `Order` model publishes on `post_save`. It sees this
+The project is written to a temporary directory as someone would write it (docs/reusable-app.md):
+`echo` in INSTALLED_APPS, its URLs included under `live/`, its WebSocket routes in the project's own
+`asgi.py`, and a `shop` app whose `Order` model publishes on `post_save`. It sees this
 repository only through a directory holding a link to `echo/`, so an import of `wsproject` (or of
 anything else here) fails instead of passing unnoticed.
 """
