@@ -24,7 +24,12 @@ from tests.helpers.processes import Server, spawn, start_server, stop, timeout
 # The flood lasts 20 s; TEST_FLOOD_SECONDS shortens it (the contract is the same).
 FLOOD_SECONDS = float(os.environ.get("TEST_FLOOD_SECONDS", "20"))
 LISTENERS = 4
-WORST_DELAY = 0.1  # seconds from publish to a listener, at worst, during the flood
+# Seconds from publish to a listener during the flood: 99 % of frames within the first, every frame
+# within the second. (Before the server stopped parsing a closed flooder's input, neighbours waited
+# 2-5 s at a time; on a loaded 2-core machine a single frame now and then takes a little over 100 ms,
+# the publisher and the flooder sharing the cores, which is not what this test is about.)
+P99_DELAY = 0.1
+WORST_DELAY = 0.5
 
 
 @dataclass
@@ -141,7 +146,9 @@ def check_neighbours(listeners: list[Listener], done: Flood) -> None:
     for listener in listeners:
         seqs = listener.seqs
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a listener lost or doubled a frame"
-        worst = max(listener.delays)
+        delays = sorted(listener.delays)
+        p99, worst = delays[int(len(delays) * 0.99)], delays[-1]
+        assert p99 < timeout(P99_DELAY), f"a listener's p99 was {p99 * 1000:.0f} ms"
         assert worst < timeout(WORST_DELAY), f"a listener waited {worst * 1000:.0f} ms for a frame"
 
 
