@@ -37,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--server", choices=SERVER_CHOICES, default="default", help="default: what `make serve` runs"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="server processes (WEB_CONCURRENCY of the default server)"
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (WEB_CONCURRENCY of the default server; 0: auto, as make serve runs it)",
     )
     parser.add_argument(
         "--loadgen-workers", type=int, default=max(2, os.cpu_count() or 2), help="load-generator processes"

@@ -7,12 +7,17 @@ measured five times, each on a freshly started server:
 * the plain ``websockets`` baseline and the project's server (``bench.servers.running``), each with
   the bench's Python clients (``bench.scenarios.fanout``) and with the Node.js ``ws`` client
   (``bench/node/fanout-client.mjs``, the clients split over two processes);
+* with ``auto=True`` (issue 23: the quick and full profiles), the project once more in the
+  configuration ``make serve`` runs (``WEB_CONCURRENCY=auto``: one worker per available CPU,
+  capped), with both clients, as rows of server ``project_auto``, so that one worker and the default
+  can be compared in the same run;
 * Socket.IO 4 with its Redis adapter (``bench/node/socketio-server.mjs``), published to with
   ``@socket.io/redis-emitter`` (``bench/node/socketio-emitter.mjs``) and measured with
   ``socket.io-client`` (the same fan-out client, ``--kind socketio``).
 
-Every row has the server's CPU per delivered frame (``us_per_delivery``, the server's process tree,
-from ``/proc``; the publisher's and Redis's CPU are not counted, for any server). The Node packages are
+Every row has the server's CPU per delivered frame (``us_per_delivery``, the server's whole process
+tree from ``/proc``, each process counted once: uvicorn's supervisor, its workers and multiprocessing's
+resource tracker; the publisher's and Redis's CPU are not counted, for any server). The Node packages are
 bench-only (``bench/node/package-lock.json``): ``make bench`` installs them with ``npm ci``; without
 them, or without ``node``, this scenario raises ``NodeMissing``.
 """
@@ -60,6 +65,9 @@ SOCKETIO_ROOM = "bench"
 PYTHON = "python websockets"
 NODE_WS = "node ws"
 SOCKETIO_CLIENT = "socket.io-client"
+# Row servers: the baseline, the project as asked (one worker unless told), make serve's default, the peer.
+PROJECT_AUTO = "project_auto"
+AUTO_SPEC = ServerSpec("default", workers=0)
 Result = dict[str, Any]
 
 
@@ -250,10 +258,15 @@ def cell(
     rate: float,
     seconds: float,
     grace: float,
+    auto: bool = False,
 ) -> Result:
-    """One ``clients`` x ``rate`` cell: five rows (server x client implementation), each on a fresh server."""
+    """One ``clients`` x ``rate`` cell: five rows (server x client implementation), each on a fresh server,
+    and two more with ``auto`` (make serve's ``WEB_CONCURRENCY=auto``, unless ``spec`` is that already)."""
     rows: list[Result] = []
-    for side, side_spec in (("baseline", ServerSpec("baseline")), ("project", spec)):
+    sides = [("baseline", ServerSpec("baseline")), ("project", spec)]
+    if auto and spec != AUTO_SPEC:
+        sides.append((PROJECT_AUTO, AUTO_SPEC))
+    for side, side_spec in sides:
         for client in (PYTHON, NODE_WS):
             with running(side_spec, project) as server:
                 if client == PYTHON:
@@ -275,10 +288,11 @@ def measure(
     sizes: Sequence[tuple[int, float]],
     seconds: float,
     grace: float,
+    auto: bool = False,
 ) -> list[Result]:
     """Every ``(clients, rate)`` cell of ``sizes``; ``node`` and its packages are checked first."""
     check_node()
-    return [cell(project, spec, load, clients, rate, seconds, grace) for clients, rate in sizes]
+    return [cell(project, spec, load, clients, rate, seconds, grace, auto) for clients, rate in sizes]
 
 
 def row(found: Result, server: str, client: str) -> Result | None:
@@ -326,8 +340,11 @@ processes; the Socket.IO peer is `bench/node/socketio-server.mjs` (socket.io wit
 `@socket.io/redis-adapter` on the run's Redis), published to by `@socket.io/redis-emitter` and measured
 with `socket.io-client` (WebSocket transport only). Latency is receive time minus the frame's `ts`; µs
 server CPU per delivery is the server's process-tree CPU (from /proc) over the measured window divided
-by frames delivered (publishers and Redis not counted). Issue 13's targets take the worse of the two
-client implementations."""
+by frames delivered (publishers and Redis not counted). The tree is the server process and all its
+descendants found through /proc, each process counted once (for `make serve`'s default: uvicorn's
+supervisor, every worker and multiprocessing's resource tracker). The project runs with one worker
+and, where the table has those rows, as `make serve` runs it (`WEB_CONCURRENCY=auto`: one worker per
+available CPU, capped). The targets take the worse of the two client implementations."""
 
 
 def method() -> str:

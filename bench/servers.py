@@ -58,6 +58,7 @@ class ServerSpec:
     """Which server to run: ``baseline``, or the project under ``default``, ``daphne`` or ``uvicorn``."""
 
     kind: str
+    # Server processes; 0 for the default server means WEB_CONCURRENCY=auto, as ``make serve`` runs it.
     workers: int = 1
 
     @property
@@ -67,6 +68,15 @@ class ServerSpec:
     @property
     def topic(self) -> str:
         return BASELINE_TOPIC if self.is_baseline else PROJECT_TOPIC
+
+    @property
+    def is_auto(self) -> bool:
+        """The default server with ``WEB_CONCURRENCY=auto``: one worker per available CPU, capped."""
+        return self.kind == "default" and self.workers == 0
+
+    def web_concurrency(self) -> str:
+        """``WEB_CONCURRENCY`` for the default server: ``auto``, or the number of workers."""
+        return "auto" if self.is_auto else str(self.workers)
 
     def command(self, port: int) -> list[str]:
         """The command line that serves on 127.0.0.1:``port``."""
@@ -88,13 +98,24 @@ class ServerSpec:
         raise ValueError(f"unknown server {self.kind!r}: choose baseline or one of {SERVER_CHOICES}")
 
     def label(self) -> str:
-        """A short name for tables: ``baseline``, ``daphne``, ``uvicorn x2``..."""
+        """A short name for tables: ``baseline``, ``uvicorn x2``, ``uvicorn (make serve) auto=2``..."""
         if self.is_baseline:
             return "baseline (websockets)"
         name = Path(self.command(0)[0]).name
         if name.startswith("python"):
             name = "daphne (runserver)" if self.kind == "daphne" else "uvicorn (make serve)"
+        if self.is_auto:
+            return f"{name} auto={auto_workers()}"
+        if self.kind == "default":  # make serve itself runs auto: say how many this one runs
+            return f"{name} x{self.workers}"
         return f"{name} x{self.workers}" if name.startswith("uvicorn") and self.workers > 1 else name
+
+
+def auto_workers() -> int:
+    """How many workers ``WEB_CONCURRENCY=auto`` starts here (the server's own rule, asked, not copied)."""
+    from wsproject.server import worker_count  # imports uvicorn and the app's settings: only when asked
+
+    return worker_count("auto")
 
 
 @dataclass
@@ -141,8 +162,8 @@ class RunningServer:
         # measurement's seq starts at 1.
         self.env = {**env, "CHANNEL_LAYER_PREFIX": layer_prefix or new_layer_prefix()}
         if spec.kind == "default":
-            # make serve picks a worker count from the CPUs; a measurement says how many it runs.
-            self.env["WEB_CONCURRENCY"] = str(spec.workers)
+            # make serve picks a worker count from the CPUs (auto); a measurement says which it runs.
+            self.env["WEB_CONCURRENCY"] = spec.web_concurrency()
         self.port = free_port()
         self.output: collections.deque[str] = collections.deque(maxlen=200)
         self._published: threading.Event = threading.Event()
@@ -189,29 +210,25 @@ class RunningServer:
         return ServerFailed(f"{self.spec.label()} {why}; its last output:\n" + "\n".join(self.output))
 
     def tree(self) -> list[psutil.Process]:
-        """The server process and all its descendants (uvicorn's workers)."""
+        """The server process and all its descendants (uvicorn's workers), each once."""
         try:
             root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
+            return unique([root, *root.children(recursive=True)])
         except psutil.Error:
             return []
 
+    def workers(self) -> list[psutil.Process]:
+        """The processes that hold connections: uvicorn's workers, or the server itself if it has none."""
+        tree = self.tree()
+        return [p for p in tree[1:] if is_worker(p)] or tree[:1]
+
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds used so far by the whole process tree."""
-        total = 0.0
-        for process in self.tree():
-            with contextlib.suppress(psutil.Error):
-                times = process.cpu_times()
-                total += times.user + times.system
-        return total
+        """User + system CPU seconds used so far by the whole process tree (from /proc), each process once."""
+        return tree_cpu_seconds(self.tree())
 
     def rss_bytes(self) -> int:
-        """Resident memory of the whole process tree, in bytes."""
-        total = 0
-        for process in self.tree():
-            with contextlib.suppress(psutil.Error):
-                total += process.memory_info().rss
-        return total
+        """Resident memory of the whole process tree, in bytes, each process once."""
+        return tree_rss_bytes(self.tree())
 
     def publish(self, rate: float, count: int, timeout: float) -> None:
         """Publish ``count`` data frames at ``rate`` per second and return when the publisher is done.
@@ -250,6 +267,40 @@ class RunningServer:
         for process in processes[1:]:
             with contextlib.suppress(psutil.Error):
                 process.kill()
+
+
+def unique(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """``processes`` without repeats (by pid), in order: a process is counted once however it was found."""
+    found: dict[int, psutil.Process] = {}
+    for process in processes:
+        found.setdefault(process.pid, process)
+    return list(found.values())
+
+
+def tree_cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds so far of ``processes``, each pid once."""
+    total = 0.0
+    for process in unique(processes):
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def tree_rss_bytes(processes: list[psutil.Process]) -> int:
+    """Resident memory of ``processes``, each pid once, in bytes."""
+    total = 0
+    for process in unique(processes):
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+def is_worker(process: psutil.Process) -> bool:
+    """A uvicorn worker (a multiprocessing child), not a helper such as multiprocessing's resource tracker."""
+    with contextlib.suppress(psutil.Error):
+        return "resource_tracker" not in " ".join(process.cmdline())
+    return False
 
 
 def new_layer_prefix() -> str:

@@ -44,18 +44,20 @@ class Profile:
     burst: int
     # (clients, rate) cells of the peers scenario: two client implementations and Socket.IO.
     peers: tuple[tuple[int, float], ...] = ()
+    # Issue 23: the peers cells also measure make serve's default (WEB_CONCURRENCY=auto).
+    peers_auto: bool = False
 
 
 PROFILES = {
     "quick": Profile(
         lat_conns=1, lat_msgs=2000, lat_rounds=10, thr_conns=50, thr_secs=5, window=16,
         clients=(250, 1000), rates=(10, 50), fan_secs=5, grace=5, idle=2000, burst=2000,
-        peers=((1000, 50),),
+        peers=((1000, 50),), peers_auto=True,
     ),
     "full": Profile(
         lat_conns=1, lat_msgs=5000, lat_rounds=10, thr_conns=50, thr_secs=10, window=16,
         clients=(100, 250, 500, 1000, 2000), rates=(2, 10, 50, 100), fan_secs=10, grace=5,
-        idle=50_000, burst=10_000, peers=((1000, 10), (1000, 50), (1000, 100)),
+        idle=50_000, burst=10_000, peers=((1000, 10), (1000, 50), (1000, 100)), peers_auto=True,
     ),
     "smoke": Profile(
         lat_conns=2, lat_msgs=20, lat_rounds=2, thr_conns=4, thr_secs=0.5, window=4,
@@ -186,7 +188,7 @@ def run(
                 progress("shards (cluster / single): " + shards.summary(results["shards"]))
             if "peers" in only:
                 results["peers"] = peers.measure(
-                    project, spec, load, profile.peers, profile.fan_secs, profile.grace
+                    project, spec, load, profile.peers, profile.fan_secs, profile.grace, profile.peers_auto
                 )
                 for found in results["peers"]:
                     progress("peers " + peers.summary(found))
