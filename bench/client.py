@@ -9,7 +9,9 @@ is ready before any measurement starts:
 2. ``{"op": "go", ...}``: it measures and prints ``{"event": "result", ...}``.
 
 A fan-out job also listens, while measuring, for ``{"op": "published", "grace": S}``: the publisher
-is done, so whatever has not arrived ``S`` seconds later counts as lost. Text frames are split on
+is done, so whatever has not arrived ``S`` seconds later counts as lost. It may name several servers
+(``"urls"``: its clients take them in turn) and how many loopback source addresses to use
+(``"sources"``), as ``bench.many`` does. Text frames are split on
 ``"\\n"``: a server may batch several JSON data frames into one text frame.
 
 Usage: ``python -m bench.client`` (it is not meant to be run by hand).
@@ -145,22 +147,33 @@ def failure_name(exc: BaseException) -> str:
 
 
 async def open_many(
-    url: str, count: int, concurrency: int | None, compression: str | None = None
+    url: str | list[str],
+    count: int,
+    concurrency: int | None,
+    compression: str | None = None,
+    sources: int | None = None,
+    first: int = 0,
 ) -> tuple[list[ClientConnection], Job]:
     """Open ``count`` clients, at most ``concurrency`` handshakes at a time (None: all at once).
 
+    With a list of URLs (several servers, each with a share), client ``i`` connects to the ``i``-th
+    in turn, counting from ``first`` (this worker's first client among all workers'), so that shares
+    stay even across workers. ``sources`` limits the loopback source addresses used to the first ``sources``.
     Returns the open connections and the handshake report: failures by kind and handshake times.
     """
+    urls = [url] if isinstance(url, str) else url
     limit = asyncio.Semaphore(concurrency or max(count, 1))
     failures: collections.Counter[str] = collections.Counter()
     times: array.array[float] = array.array("d")
-    sources = source_addresses(url)
+    from_addresses = source_addresses(urls[0])[: sources or None]
 
     async def one(index: int) -> ClientConnection | None:
         async with limit:
             started = time.perf_counter()
+            target = urls[(first + index) % len(urls)]
+            source = from_addresses[((first + index) // len(urls)) % len(from_addresses)]
             try:
-                connection = await open_client(url, sources[index % len(sources)], compression)
+                connection = await open_client(target, source, compression)
             except Exception as exc:
                 failures[failure_name(exc)] += 1
                 return None
@@ -265,7 +278,12 @@ class Worker:
         """Count every data frame of ``topic`` each client receives: seq gaps and publish→receive latency."""
         topic = job["topic"]
         connections, report = await open_many(
-            job["url"], job["clients"], CONNECT_CONCURRENCY, job.get("compression")
+            job.get("urls") or job["url"],
+            job["clients"],
+            CONNECT_CONCURRENCY,
+            job.get("compression"),
+            job.get("sources"),
+            job.get("first", 0),
         )
         received = [0] * len(connections)
         last_seq = [0] * len(connections)

@@ -12,8 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench import delivery_options, peers, publish, scale, shards
-from bench.targets import SCALE_P99_MS, Verdict, verdicts
+from bench import delivery_options, many, peers, publish, scale, shards
+from bench.targets import (
+    SCALE_P99_MS,
+    TARGET_IDLE,
+    TARGET_KB_PER_CONNECTION,
+    Verdict,
+    verdicts,
+)
 
 GOAL = (
     "Measure the project's WebSocket server (Django Channels, the Redis fan-out channel layer, "
@@ -208,6 +214,12 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
         lines += ["## Echo", "", *echo_table(scenarios, servers), ""]
     if scenarios.get("idle") or scenarios.get("burst"):
         lines += ["## Connections", "", *connections_table(scenarios, servers), ""]
+    if scenarios.get("many"):
+        found = scenarios["many"]
+        room = found.get("project", found.get("baseline", {})).get("room_per_process", 0)
+        method = many.METHOD.format(**found, room=room, target=TARGET_IDLE, kb=TARGET_KB_PER_CONNECTION)
+        lines += [f"## {found['clients']:,} idle connections, several processes", "", method, ""]
+        lines += [*many.table(found), ""]
     if scenarios.get("publish"):
         method = publish.METHOD.format(**scenarios["publish"]["sizes"])
         lines += ["## Publishing over HTTP", "", method, "", *publish.table(scenarios["publish"]), ""]

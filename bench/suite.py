@@ -3,7 +3,7 @@
 The sizes come from a ``Profile``: ``quick`` for ``make bench`` (a few minutes), ``full`` for
 ``make bench-full`` (the clients x rate grid, 50,000 idle clients, a burst of 10,000, the ``scale``
 setups), ``smoke`` for ``tests/test_bench_smoke.py`` (seconds). Scenarios with sizes of their own
-(``publish``, ``scale``) keep them in their modules. A run is a JSON-ready dict that
+(``publish``, ``scale``, ``many``) keep them in their modules. A run is a JSON-ready dict that
 ``bench.report`` writes up.
 """
 
@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import delivery_options, peers, publish, scale, scenarios, shards
+from bench import delivery_options, many, peers, publish, scale, scenarios, shards
 from bench.environment import describe
 from bench.limits import connections_per_process
 from bench.loadgen import LoadGenerator
 from bench.servers import ProjectEnvironment, RunningServer, ServerSpec, running
 
-SCENARIOS = ("echo", "fanout", "idle", "burst", "publish", "scale", "peers", "options", "shards")
+SCENARIOS = ("echo", "fanout", "idle", "burst", "many", "publish", "scale", "peers", "options", "shards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +156,11 @@ def run(
             if "burst" in only:
                 results["burst"] = both(project, spec, lambda s: scenarios.burst(s, load, profile.burst))
                 progress(f"burst {profile.burst}: " + summary(results["burst"], "failed", "failed"))
+            if "many" in only:
+                if (held := many.measure(project, profile_name, progress)) is None:
+                    progress(f"many: not in the {profile_name} profile")
+                else:
+                    results["many"] = held
             if "publish" in only and not spec.is_baseline:
                 results["publish"] = publish.measure(project, spec, profile_name)
                 progress("publish: " + publish.summary(results["publish"]))

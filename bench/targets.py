@@ -363,6 +363,50 @@ def scale_verdicts(result: dict[str, Any]) -> list[Verdict]:
     return found
 
 
+def many_verdicts(found: dict[str, Any]) -> list[Verdict]:
+    """Issue 23: TARGET_IDLE idle connections held on this machine (several processes on each side),
+    memory per connection, and a push to all of them losing nothing, each beside the baseline's."""
+    p, b = found.get("project"), found.get("baseline")
+    name = f"{TARGET_IDLE:,} idle connections"
+    targets = (
+        f"{name} held (several server and client processes)",
+        f"{name}: server memory per connection <= {TARGET_KB_PER_CONNECTION:g} KB",
+        f"{name}: {found['rate']:g} frame/s for {found['seconds']:g} s to all, lossless",
+    )
+    if not p or not b:
+        return [Verdict(t, "not measured", NONE, NONE, None) for t in targets]
+    size = "" if p["wanted"] >= TARGET_IDLE else f" (measured at {p['wanted']:,})"
+
+    def held(r: dict[str, Any]) -> str:
+        failed = sum(r["failures"].values())
+        return (
+            f"{r['clients']:,} of {r['wanted']:,} on {r['server_processes']} processes "
+            f"({' / '.join(f'{n:,}' for n in r['connections_per_process'])})"
+            + (f", {failed:,} failed" if failed else "")
+        )
+
+    def push(r: dict[str, Any]) -> str:
+        return f"{r['received']:,} of {r['expected']:,} frames, {r['gaps']} gaps, p99 {r['p99_ms']:.0f} ms"
+
+    return [
+        Verdict(
+            targets[0] + size,
+            held(p),
+            held(b),
+            NONE,
+            p["clients"] == p["wanted"] and not p["failures"],
+        ),
+        Verdict(
+            targets[1] + size,
+            f"{p['kb_per_connection']:.1f} KB",
+            f"{b['kb_per_connection']:.1f} KB",
+            ratio(p["kb_per_connection"], b["kb_per_connection"]),
+            p["clients"] > 0 and p["kb_per_connection"] <= TARGET_KB_PER_CONNECTION,
+        ),
+        Verdict(targets[2] + size, push(p), push(b), NONE, bool(p["lossless"])),
+    ]
+
+
 def verdicts(run: dict[str, Any]) -> list[Verdict]:
     """Every target this run measured (and the fan-out ones as n/a if it did not)."""
     scenarios = run["scenarios"]
@@ -371,6 +415,8 @@ def verdicts(run: dict[str, Any]) -> list[Verdict]:
         found += fanout_verdicts(scenarios["fanout"])
     found += echo_verdicts(scenarios.get("echo_latency"), scenarios.get("echo_throughput"))
     found += connection_verdicts(scenarios.get("idle"), scenarios.get("burst"))
+    if "many" in scenarios:
+        found += many_verdicts(scenarios["many"])
     if "peers" in scenarios:
         found += peers_verdicts(scenarios["peers"])
     if "scale" in scenarios:

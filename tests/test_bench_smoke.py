@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import report, shards, suite
+from bench import many, report, shards, suite
 from bench.servers import ServerSpec
 from bench.targets import verdicts
 from tests.helpers.skips import require_redis_server
@@ -85,6 +85,26 @@ def check_scale(result: dict[str, Any]) -> None:
         assert not shares or abs(sum(shares) - 100) < 1, (setup, r)
 
 
+def check_many(result: dict[str, Any]) -> None:
+    """Both sides held every connection over several processes, spread over the source addresses, and
+    every client got every pushed frame."""
+    sizes = many.SIZES["smoke"]
+    assert sizes is not None
+    for side in ("baseline", "project"):
+        r = result[side]
+        assert r["clients"] == r["wanted"] == sizes.clients and not r["failures"], (side, r)
+        assert r["server_processes"] == sizes.server_processes, (side, r)
+        assert r["client_processes"] == sizes.client_processes and r["sources"] == sizes.sources, (side, r)
+        # Every connection is found in exactly one server process (how they split is the kernel's).
+        assert len(r["connections_per_process"]) == sizes.server_processes, (side, r)
+        assert sum(r["connections_per_process"]) == sizes.clients, (side, r)
+        assert r["received"] == r["expected"] > 0 and r["gaps"] == 0 and r["lossless"], (side, r)
+        assert math.isfinite(r["kb_per_connection"]) and math.isfinite(r["p99_ms"]), (side, r)
+    # The baseline's processes each got an even share.
+    even = sizes.clients // sizes.server_processes
+    assert result["baseline"]["connections_per_process"] == [even] * sizes.server_processes
+
+
 def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
     # peers needs Node.js and the bench's npm packages: tests/test_bench_peers.py covers it; shards
     # needs a redis-server 7: test_shards_compares_cluster_and_single below.
@@ -96,12 +116,14 @@ def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
     for result in scenarios["burst"].values():
         assert result["connected"] + result["failed"] == suite.PROFILES["smoke"].burst
     check_scale(scenarios["scale"])
+    check_many(scenarios["many"])
 
     assert {v.word for v in verdicts(run)} <= {"PASS", "FAIL", "n/a"}
     written = report.write(run, tmp_path)
     text = written.read_text()
     assert "## Targets (issue 4)" in text and "## Fan-out" in text and "## Connections" in text
     assert "## Every core: workers and replicas" in text and "µs / delivery" in text
+    assert "idle connections, several processes" in text and "connections per process" in text
     assert written.with_suffix(".json").exists()
 
 
