@@ -340,22 +340,38 @@ def peers_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
 
 
 def scale_verdicts(result: dict[str, Any]) -> list[Verdict]:
-    """Issue 13's every-core target for two workers and two replicas, beside the one-process baseline."""
+    """Issues 13 and 23: several processes (two workers, make serve's default, two replicas behind
+    nginx) lossless within SCALE_P99_MS, beside the one-process baseline; the load generator's CPU
+    is given with each, so that a starved client is told from a slow server."""
     setups = result["setups"]
     baseline = setups.get("baseline", {})
     found: list[Verdict] = []
-    for setup, label in (("workers_2", "WEB_CONCURRENCY=2"), ("replicas_2", "2 replicas behind nginx")):
+    named = (
+        ("workers_2", "WEB_CONCURRENCY=2"),
+        ("workers_auto", "make serve's default (WEB_CONCURRENCY=auto)"),
+        ("replicas_2", "2 replicas behind nginx"),
+    )
+    for setup, label in named:
+        if setup not in setups:
+            continue  # not a setup of this profile
         target = f"scale {label}: {SCALE_CLIENTS:,} x {TARGET_RATE:g}/s lossless, p99 <= {SCALE_P99_MS:g} ms"
-        r = setups.get(setup)
-        if not r or "skipped" in r:
-            found.append(Verdict(target, r["skipped"] if r else "not measured", NONE, NONE, None))
+        r = setups[setup]
+        if "skipped" in r:
+            found.append(Verdict(target, r["skipped"], NONE, NONE, None))
             continue
         size = "" if r["clients"] >= SCALE_CLIENTS else f" (measured at {r['clients']:,} x {r['rate']:g}/s)"
+        nginx = (
+            f", nginx {r['nginx_us_per_delivery']:.1f} µs/delivery" if "nginx_us_per_delivery" in r else ""
+        )
         found.append(
             Verdict(
                 target + size,
-                f"p99 {r['p99_ms']:.0f} ms, {r['lost_pct']:.2f} % lost",
-                f"p99 {baseline['p99_ms']:.0f} ms, {baseline['lost_pct']:.2f} % lost" if baseline else NONE,
+                f"p99 {r['p99_ms']:.0f} ms, {r['lost_pct']:.2f} % lost, "
+                f"load gen CPU {r['loadgen_cpu_pct']:.0f} %{nginx}",
+                f"p99 {baseline['p99_ms']:.0f} ms, {baseline['lost_pct']:.2f} % lost, "
+                f"load gen CPU {baseline['loadgen_cpu_pct']:.0f} %"
+                if baseline
+                else NONE,
                 ratio(r["p99_ms"], baseline["p99_ms"]) if baseline else NONE,
                 holds(r, SCALE_P99_MS),
             )

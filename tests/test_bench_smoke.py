@@ -3,8 +3,9 @@
 Benchmarks are not tests: nothing here asserts a timing or a target. It checks that the suite still
 works end to end (both servers start, the load generator's workers connect and report, the report is
 written), so that ``make bench`` does not rot between runs. Every scenario runs against the default
-server (``make serve``'s) and the baseline (``scale`` also against two workers and, with nginx
-installed, two replicas behind it); uvicorn, the other choice, runs echo and fan-out only, to keep the
+server (``make serve``'s) and the baseline (``scale`` also against ``make serve``'s default
+``WEB_CONCURRENCY=auto`` and, with nginx installed, two replicas behind it; ``many`` over two server
+and two client processes); uvicorn, the other choice, runs echo and fan-out only, to keep the
 whole file near 35 s.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bench import many, report, shards, suite
+from bench import many, report, scale, shards, suite
 from bench.servers import ServerSpec
 from bench.targets import verdicts
 from tests.helpers.skips import require_redis_server
@@ -69,10 +70,19 @@ def check_echo_and_fanout(run: dict[str, Any]) -> None:
 
 def check_scale(result: dict[str, Any]) -> None:
     """Every setup ran (replicas behind nginx only where nginx is installed) and reports CPU per delivery."""
-    assert set(result["setups"]) == {"baseline", "workers_1", "workers_2", "replicas_2"}
+    sizes = scale.SIZES["smoke"]
+    assert sizes is not None
+    assert set(result["setups"]) == set(sizes.setups) >= {"baseline", "workers_auto", "replicas_2"}
+    assert result["setups"]["workers_auto"]["label"].startswith("uvicorn (make serve) auto=")
     for setup, r in result["setups"].items():
         if setup == "replicas_2" and "skipped" in r:
             continue
+        if setup == "replicas_2":
+            # nginx's own CPU, within the setup's (clock ticks: may be none at this size).
+            assert 0 <= r["nginx_cpu_seconds"] <= r["server_cpu_seconds"] + 1e-9, r
+            assert math.isfinite(r["nginx_us_per_delivery"]) and math.isfinite(
+                r["replicas_us_per_delivery"]
+            ), r
         assert 0 < r["received"] <= r["expected"], (setup, r)
         # CPU is read in clock ticks (10 ms): a smoke cell may cost none of them.
         assert math.isfinite(r["server_cpu_us_per_delivery"]) and r["server_cpu_us_per_delivery"] >= 0, (
