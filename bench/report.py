@@ -3,12 +3,22 @@
 Goal, method, hardware and versions, the targets as PASS / FAIL beside the baseline, then every
 figure measured. matplotlib is a bench-only dependency (``bench/requirements.txt``); without it the
 Markdown is still written.
+
+``python -m bench.report --docs bench/results/<run>.json`` writes that run's targets table into
+README.md and docs/benchmarks.md, replacing what is between ``<!-- bench:summary -->`` and
+``<!-- /bench:summary -->`` (the only part of those files it touches).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +34,13 @@ from bench.targets import (
 GOAL = (
     "Measure the project's WebSocket server (Django Channels, the Redis fan-out channel layer, "
     "`push_data` as the publisher) against a plain `websockets` server broadcasting in-process, "
-    "in the same run, and judge issue 4's targets."
+    "in the same run, and judge the targets of issues 4, 13 and 23."
 )
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
+BEGIN, END = "<!-- bench:summary -->", "<!-- /bench:summary -->"
+# The README's summary: the targets of these families only (the whole table is in docs/benchmarks.md).
+README_TARGETS = ("peers", "scale", f"{TARGET_IDLE:,} idle", "fan-out")
 
 METHOD = """\
 - Servers run one at a time on 127.0.0.1, each freshly started per scenario (and per fan-out cell).
@@ -250,3 +265,88 @@ def write(run: dict[str, Any], directory: Path) -> Path:
     report.write_text(markdown(run, png.name if plot(run, png) else None))
     (directory / f"{stem}.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
     return report
+
+
+# ------------------------------------------------------------ the docs' summary
+
+
+def summary_block(run: dict[str, Any], report: Path, doc: Path) -> list[str]:
+    """The lines between the markers in ``doc``: the run's targets table, linking ``report``.
+
+    The README gets the targets of issue 23's families and a pointer to docs/benchmarks.md, which
+    gets every target.
+    """
+    env = run["environment"]
+    link = Path(os.path.relpath(report, doc.parent)).as_posix()
+    found = verdicts(run)
+    readme = doc.name == "README.md"
+    if readme:
+        found = [v for v in found if v.target.startswith(README_TARGETS)]
+    title = [] if readme else [f"### {run['date']}: `make bench` ({run['profile']}), the summary", ""]
+    lines = [
+        *title,
+        *textwrap.wrap(
+            f"Latest [report]({link}) ({run['date']}, {run['profile']}), {env['nproc']} cores "
+            f"({env['cpu_model']}). Each figure beside the baseline or peer measured in the same run; "
+            "compare ratios, not absolute figures, across runs.",
+            width=105,
+        ),
+        "",
+        "| target | project | baseline / peer | ratio | result |",
+        "|---|---|---|---|---|",
+        *(f"| {v.target} | {v.project} | {v.baseline} | {v.ratio} | **{v.word}** |" for v in found),
+    ]
+    if readme:  # the README is at the top of the repository
+        lines += [
+            "",
+            "Every target, the method and what each change bought: [docs/benchmarks.md](docs/benchmarks.md).",
+        ]
+    return lines
+
+
+def replace_between_markers(text: str, block: list[str]) -> str:
+    """``text`` with what is between BEGIN and END replaced by ``block``; ValueError without them."""
+    pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.S)
+    if len(pattern.findall(text)) != 1:
+        raise ValueError(f"expected one {BEGIN} ... {END} block")
+    return pattern.sub(lambda _: "\n".join([BEGIN, *block, END]), text)
+
+
+def update_docs(results: Path, docs: Sequence[Path] = DOCS) -> list[Path]:
+    """Write the summary of the run in ``results`` (its JSON) into each of ``docs``; return them.
+
+    Every file is checked for its markers before any is written.
+    """
+    run = json.loads(results.read_text())
+    report = results.with_suffix(".md")
+    updated = {doc: replace_between_markers(doc.read_text(), summary_block(run, report, doc)) for doc in docs}
+    for doc, text in updated.items():
+        doc.write_text(text)
+    return list(updated)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--docs RESULTS.json [--files ...]``: regenerate the summary tables from a run's raw results."""
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
+    parser.add_argument("--docs", type=Path, metavar="RESULTS_JSON", help="a run's raw results")
+    parser.add_argument(
+        "--files",
+        type=Path,
+        nargs="+",
+        default=list(DOCS),
+        help="the files with markers (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    if args.docs is None:
+        parser.error("--docs RESULTS_JSON is required")
+    try:
+        for doc in update_docs(args.docs, args.files):
+            print(f"updated {doc}")
+    except ValueError as exc:
+        print(f"bench.report: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

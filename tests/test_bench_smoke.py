@@ -12,6 +12,7 @@ whole file near 35 s.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,27 @@ def test_every_scenario_reports_its_fields(tmp_path: Path) -> None:
     assert "## Every core: workers and replicas" in text and "µs / delivery" in text
     assert "idle connections, several processes" in text and "connections per process" in text
     assert written.with_suffix(".json").exists()
+    check_docs_summary(written.with_suffix(".json"), tmp_path)
+
+
+def check_docs_summary(results: Path, tmp_path: Path) -> None:
+    """``python -m bench.report --docs`` rewrites only the marked block, in copies of the two docs."""
+    docs = [tmp_path / "README.md", tmp_path / "docs" / "benchmarks.md"]
+    docs[1].parent.mkdir()
+    for copy, original in zip(docs, report.DOCS, strict=True):
+        copy.write_text(original.read_text())
+    assert report.main(["--docs", str(results), "--files", *map(str, docs)]) == 0
+    for copy, original in zip(docs, report.DOCS, strict=True):
+        before, after = original.read_text(), copy.read_text()
+        outside = before.split(report.BEGIN)[0], before.split(report.END)[1]
+        assert after.startswith(outside[0]) and after.endswith(outside[1]), copy
+        block = after.split(report.BEGIN)[1].split(report.END)[0]
+        assert "| target | project | baseline / peer | ratio | result |" in block, block
+        assert f"]({os.path.relpath(results.with_suffix('.md'), copy.parent)})" in block, block
+        assert "idle connections" in block and "scale" in block, block
+    once = [doc.read_text() for doc in docs]
+    assert report.main(["--docs", str(results), "--files", *map(str, docs)]) == 0
+    assert [doc.read_text() for doc in docs] == once  # the markers stay: it can be run again
 
 
 def test_uvicorn_can_be_measured() -> None:
