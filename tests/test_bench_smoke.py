@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench import many, report, scale, shards, suite
+from bench import many, peers, report, scale, shards, suite
 from bench.servers import ServerSpec
-from bench.targets import verdicts
+from bench.targets import peers_verdicts, verdicts
 from tests.helpers.skips import require_redis_server
 
 pytestmark = pytest.mark.system  # starts processes of its own (docs/testing.md: tiers)
@@ -186,3 +186,29 @@ def test_shards_compares_cluster_and_single(tmp_path: Path) -> None:
     assert set(result["ratios"]) == {f"{m}.{k}" for m, k, _, _ in shards.COMPARED}
     text = report.write(run, tmp_path).read_text()
     assert "## Redis Cluster against one Redis server" in text and "cluster / single" in text
+
+
+def test_peers_judges_one_worker_and_make_serves_default() -> None:
+    """The peers verdicts read the one-worker rows against the baseline and Socket.IO, and make serve's
+    default (``project_auto``) against one worker; made-up rows, since measuring them needs Node.js
+    (tests/test_bench_peers.py runs the scenario)."""
+
+    def row(server: str, client: str, cost: float) -> dict[str, Any]:
+        return {
+            "server": server, "client": client, "label": server, "us_per_delivery": cost,
+            "p99_ms": 20.0, "lost_pct": 0.0, "failures": {},
+        }  # fmt: skip
+
+    costs = {"baseline": 10.0, "project": 9.0, "project_auto": 9.5}
+    rows = [row(s, c, cost) for s, cost in costs.items() for c in (peers.PYTHON, peers.NODE_WS)]
+    cell = {"clients": 1000, "rate": 50.0, "rows": [*rows, row("socketio", peers.SOCKETIO_CLIENT, 12.0)]}
+    found = peers_verdicts([cell])
+    judged = [(v.target.split(": ", 1)[1], v.word, v.ratio) for v in found]
+    assert [(word, ratio) for _, word, ratio in judged] == [
+        ("PASS", "1.00x"),  # p99, against the baseline's
+        ("PASS", "0.90x"),  # CPU per delivery, one worker, against the baseline's (target 1.0x)
+        ("n/a", "0.90x"),  # the same against the 0.5x stretch: reported, not judged
+        ("PASS", "0.75x"),  # against Socket.IO's
+        ("PASS", "1.06x"),  # make serve's default against one worker (within noise)
+    ], judged
+    assert "WEB_CONCURRENCY=auto" in judged[-1][0] and "Socket.IO" in judged[3][0], judged
