@@ -54,6 +54,7 @@ class EchoConsumer(DeliveredWebsocketConsumer):
             return
         self.relay = Relay(self.channel_layer, self.features, wants, self.sender, self.scope.get("client"))
         frames = await self.relay.start(self.channel_name)
+        self.write_directly(self.relay.offer)
         self.groups = [*self.relay.groups, *filter(None, [self.admission.identity_group])]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
@@ -105,9 +106,6 @@ class EchoConsumer(DeliveredWebsocketConsumer):
                 await self.relay.relay(events, self.dispatch)
         except ClientError as error:
             await self.refuse(error)
-
-    def offer(self, event: dict[str, Any]) -> bool:
-        return self.relay is not None and self.relay.offer(event)
 
     async def layer_resync(self, event: dict[str, Any]) -> None:
         """Called after the server reconnected to Redis: what was published meanwhile (Redis back with

@@ -18,7 +18,8 @@ async def test_paced_channels_get_the_first_frame_then_the_newest_when_due_and_o
     released = asyncio.Event()
 
     def receiver(name: str):
-        def direct(event: dict) -> bool:
+        def direct(events: list[dict]) -> bool:
+            (event,) = events  # a paced group's events are offered one at a time
             got[name].append(event["seq"])
             if name == "slow-2" and len(got[name]) == 2:
                 released.set()
@@ -33,13 +34,13 @@ async def test_paced_channels_get_the_first_frame_then_the_newest_when_due_and_o
         fanout.join("topic.a", name)
     assert set(fanout.paces["topic.a"]) == {10.0}  # one pace for both slow channels
     for seq in range(1, 6):
-        fanout.deliver_to_group("topic.a", numbered(seq))
+        fanout.deliver_to_group("topic.a", [numbered(seq)])
     assert got["fast"] == [1, 2, 3, 4, 5]
     assert got["slow-1"] == got["slow-2"] == [1]
     await asyncio.wait_for(released.wait(), timeout(5))
     assert got["slow-1"] == got["slow-2"] == [1, 5]  # the newest, once; 2-4 cost them nothing
     # The last paced member leaving removes the pace and its timer.
-    fanout.deliver_to_group("topic.a", numbered(6))
+    fanout.deliver_to_group("topic.a", [numbered(6)])
     fanout.leave("topic.a", "slow-1")
     fanout.forget("slow-2")
     assert "topic.a" not in fanout.paces

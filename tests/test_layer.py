@@ -6,7 +6,9 @@ import asyncio
 import os
 import socket
 
+import msgpack
 import pytest
+import redis.asyncio
 from redis.exceptions import RedisError
 
 from echo.layer.channel_layer import RedisFanoutChannelLayer
@@ -48,6 +50,27 @@ async def test_group_send_reaches_members_in_every_process_once(two_processes) -
     # One Redis message per process, fanned out locally: the two local members share one event.
     assert first.stats.received == 1 and second.stats.received == 1
     assert got[0] is got[1]
+
+
+async def test_messages_that_arrive_together_keep_their_order_whatever_the_channel(two_processes) -> None:
+    """Group messages waiting behind each other are held back and handed over together; a message
+    sent to one channel after them still comes after them."""
+    first, _ = two_processes
+    channel = await first.new_channel()
+    await first.group_add("room", channel)
+    token = channel.partition("!")[0].rpartition(".")[2]
+    client = redis.asyncio.from_url(REDIS_URL)
+    try:
+        async with client.pipeline(transaction=False) as pipe:  # one write: read back together
+            for n in (1, 2, 3):
+                pipe.publish(first.group_channel("room"), msgpack.packb({"type": "t", "n": n}))
+            pipe.publish(first.inbox_channel(token), msgpack.packb([channel, {"type": "t", "n": 4}]))
+            pipe.publish(first.group_channel("room"), msgpack.packb({"type": "t", "n": 5}))
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    got = [(await asyncio.wait_for(first.receive(channel), 2))["n"] for _ in range(5)]
+    assert got == [1, 2, 3, 4, 5]
 
 
 async def test_a_discarded_member_receives_nothing_more(two_processes) -> None:

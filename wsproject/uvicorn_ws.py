@@ -201,22 +201,36 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         """Write a text frame now if the connection is open and writable; else False (use send()).
 
         What ``send({"type": "websocket.send", "text": ...})`` does, without a coroutine, so that the
-        channel layer can fan a message out to thousands of sockets in one synchronous loop.
+        channel layer can fan a message out to thousands of sockets in one synchronous loop: the
+        server's hot path, once per connection for every message.
         """
+        setting = self.frame_setting
+        if setting is None:  # during the handshake, or frames of this connection cannot be shared
+            return self._direct_send_own_frame(text)
+        # The handshake is done (frame_setting is set once its response is sent): what is_open() and
+        # conn.send_text() check beyond that. uvicorn never sends fragments (continuation frames).
+        conn = self.conn
+        if (
+            self.disconnected
+            or self.close_sent
+            or not self.writable.is_set()
+            or conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        frame = prepared.frames.get(setting) if text is prepared.text else None
+        self.transport.write(frame or prepared.frame(text, setting, conn.extensions))
+        return True
+
+    def _direct_send_own_frame(self, text: str) -> bool:
+        """``direct_send_text`` for a connection whose frames cannot be shared (or not yet open)."""
         if not (self.is_open() and self.writable.is_set()):
             return False
-        conn = self.conn
-        if self.frame_setting is None:  # frames of this connection cannot be shared
-            try:
-                conn.send_text(text.encode())
-            except InvalidState:
-                return False
-            self.transport.write(b"".join(conn.data_to_send()))
-            return True
-        # What conn.send_text() checks; the frame itself was made once for every connection.
-        if conn.state is not State.OPEN or conn.expect_continuation_frame:
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
             return False
-        self.transport.write(prepared.frame(text, self.frame_setting, conn.extensions))
+        self.transport.write(b"".join(self.conn.data_to_send()))
         return True
 
     # ------------------------------------------------------------ a client that stopped reading

@@ -45,7 +45,7 @@ from channels.layers import BaseChannelLayer
 
 from echo.layer.capabilities import ATTACH, NUMBERED, SHARED_STATE
 from echo.layer.events import RESYNC_EVENT
-from echo.layer.fanout import Event, FanoutStats, LocalFanout
+from echo.layer.fanout import Event, Events, FanoutStats, LocalFanout
 from echo.layer.history import History, HistoryStore, group_key
 from echo.layer.redis_link import RedisLink, ShardedRedisLink
 from echo.layer.redis_target import parse_redis_url
@@ -235,16 +235,17 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     # ---------------------------------------------------------------- for consumers that do not wait
 
     def attach(
-        self, channel: str, on_queued: Callable[[], None], direct: Callable[[Event], bool] | None = None
+        self, channel: str, on_queued: Callable[[], None], direct: Callable[[Events], bool] | None = None
     ) -> None:
         """Have a local channel's consumer called back instead of waiting in ``receive``.
 
         ``on_queued()`` is called when an event is queued while the queue was empty; the consumer must
         then take events (``receive_nowait_all``) until none is left, since events queued meanwhile
-        do not call it again. ``direct(event)``, if given, is offered each new event first while the
-        queue is empty, and returns True if it handled it (it must not block, and must return False
-        when it cannot take the event now, so that events stay in order). Both run in the layer's
-        reader. A consumer attached this way must call ``forget_channel`` when it ends.
+        do not call it again. ``direct(events)``, if given, is offered new events first while the
+        queue is empty (a run of one group's, in order, one object for every member), and returns
+        True if it handled them all (it must not block, and must return False when it cannot take
+        them now: they are queued, which keeps them in order). Both run in the layer's reader. A
+        consumer attached this way must call ``forget_channel`` when it ends.
         """
         local = self._state().fanout.channels.get(channel)
         if local is not None:
@@ -307,7 +308,7 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
     def group_send_local(self, group: str, message: dict[str, Any]) -> None:
         """Deliver a message to this process's members of ``group`` only, without Redis (read-only: one
         event for every member)."""
-        self._state().fanout.deliver_to_group(group, MappingProxyType(dict(message)))
+        self._state().fanout.deliver_to_group(group, (MappingProxyType(dict(message)),))
 
     def redis(self) -> Any:
         """This event loop's Redis client, for features that keep shared state next to the layer.
@@ -351,17 +352,19 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
 
         loop.close = types.MethodType(close, loop)  # type: ignore[method-assign]
 
-    def _on_message(self, state: _LoopState, redis_channel: str, data: bytes, behind: bool) -> None:
-        """Called by the reader with each message: unpacked once, handed to the local members."""
+    def _on_message(self, state: _LoopState, redis_channel: str, data: bytes, more_waiting: bool) -> None:
+        """Called by the reader with each message: unpacked once, handed to the local members (a
+        group's together with the ones waiting behind it, ``LocalFanout.collect``)."""
         self.stats.received += 1
+        fanout = state.fanout
         if redis_channel.startswith(self._inbox_prefix):
+            fanout.flush()  # group events that came first go first
             target, event = msgpack.unpackb(data, raw=False)
-            state.fanout.deliver([target], event, behind=behind)
+            fanout.deliver([target], (event,))
             return
         group = redis_channel[len(self._group_prefix) : -1]  # between the hash tag's braces
-        if group in state.fanout.groups:  # one event for every member: read-only
-            event = MappingProxyType(msgpack.unpackb(data, raw=False))
-            state.fanout.deliver_to_group(group, event, behind=behind)
+        if group in fanout.groups:  # one event for every member: read-only
+            fanout.collect(group, MappingProxyType(msgpack.unpackb(data, raw=False)), more_waiting)
 
     def _on_restored(self, state: _LoopState, redis_channels: Collection[str]) -> None:
         """Called when channels are subscribed again after an outage: what was published was missed.
@@ -372,7 +375,8 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         for redis_channel in redis_channels:
             if redis_channel.startswith(self._group_prefix):
                 members.update(state.fanout.groups.get(redis_channel[len(self._group_prefix) : -1], ()))
-        state.fanout.deliver(list(members), {"type": RESYNC_EVENT})
+        state.fanout.flush()
+        state.fanout.deliver(list(members), ({"type": RESYNC_EVENT},))
 
     def _on_disconnected(self) -> None:
         self.stats.redis_disconnects += 1

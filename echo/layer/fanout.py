@@ -8,8 +8,13 @@ rather than lose data silently.
 
 A consumer can take events in two ways, and a channel says which: wait in ``receive`` (Channels'
 own way, every consumer), or be called back (``on_queued``) and take everything waiting at once,
-optionally offered each event synchronously first (``direct``) while its queue is empty. The
+optionally offered new events synchronously first (``direct``) while its queue is empty. The
 second way is what ``echo.ws.delivery`` uses, so that an idle connection keeps no task waiting.
+
+Group events that arrive together (the reader found several Redis messages waiting) are handed over
+together: ``collect`` holds them until the reader has none left waiting, and every member is then
+offered the whole run of a group at once (one list object for all of them), so that a consumer can
+send it in one frame with one write, instead of queueing each event and waking a task.
 
 A channel may be paced (``max_rate``, ``echo.layer.conflation``): its groups' numbered events then reach it
 through one ``Pace`` per group and rate, shared by every such channel of the process, which passes on
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from echo.layer.conflation import Conflation
@@ -29,6 +34,9 @@ from echo.layer.events import OVERFLOW_EVENT
 logger = logging.getLogger(__name__)
 
 Event = Mapping[str, Any]  # group events are read-only: one object for every member
+Events = Sequence[Event]  # events handed over together, in order: one object for every member
+# What the reader holds back while more Redis messages wait, at most: then it delivers what it holds.
+COLLECT_EVENTS = 64
 
 
 class Channel:
@@ -38,8 +46,9 @@ class Channel:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # Offered each new event while the queue is empty; True means it was handled.
-        self.direct: Callable[[Event], bool] | None = None
+        # Offered new events (a run of one group's, in order) while the queue is empty; True means it
+        # handled them all, False that they are to be queued.
+        self.direct: Callable[[Events], bool] | None = None
         # Called when the queue stops being empty, for consumers that do not wait in receive().
         self.on_queued: Callable[[], None] | None = None
         # A list, not a deque: an empty deque costs 600 bytes, and a channel's queue is empty nearly
@@ -92,6 +101,9 @@ class LocalFanout:
         self.groups: dict[str, set[str]] = {}  # every local member, paced or not
         self.paces: dict[str, dict[float, Pace]] = {}  # group -> max_rate -> its paced members
         self.unpaced: dict[str, set[str]] = {}  # group -> its members that are not paced
+        self.collected: dict[str, list[Event]] = {}  # group -> events held back by collect()
+        self.collected_count = 0
+        self.flush_scheduled = False
 
     def add_channel(self, name: str, capacity: int) -> Channel:
         channel = self.channels[name] = Channel(capacity)
@@ -162,21 +174,51 @@ class LocalFanout:
             if not paces:
                 del self.paces[group]
 
-    def deliver_to_group(self, group: str, event: Event, *, behind: bool = False) -> None:
+    def collect(self, group: str, event: Event, more_waiting: bool) -> None:
+        """Called by the reader with each group event: delivered now, or, while ``more_waiting``, held
+        back (at most ``COLLECT_EVENTS``) to be delivered with what follows, each group's in order.
+
+        Held events are delivered at the latest when the reader next waits (a callback scheduled on
+        the loop), and before anything sent to one channel (``flush``), which keeps order.
+        """
+        self.collected.setdefault(group, []).append(event)
+        self.collected_count += 1
+        if more_waiting and self.collected_count < COLLECT_EVENTS:
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+            return
+        self.flush()
+
+    def flush(self) -> None:
+        """Deliver the events ``collect`` held back: one run per group."""
+        self.flush_scheduled = False
+        if not self.collected:
+            return
+        collected, self.collected, self.collected_count = self.collected, {}, 0
+        for group, events in collected.items():
+            self.deliver_to_group(group, events)
+
+    def deliver_to_group(self, group: str, events: Events) -> None:
+        """Hand ``events`` (in order) to every local member of ``group``, paced members at their pace."""
         members = self.groups.get(group)
         if not members:
             return
         paces = self.paces.get(group)
-        if paces is None or "seq" not in event:  # only numbered (data) events are paced
-            self.deliver(members, event, behind=behind)
+        if paces is None:
+            self.deliver(members, events)
             return
-        self.deliver(self.unpaced.get(group, ()), event, behind=behind)
-        now = asyncio.get_running_loop().time()
-        for pace in paces.values():
-            if pace.conflation.admit(group, event, now):
-                self.deliver(pace.names, event, behind=behind)
-            elif pace.timer is None:
-                self._schedule(group, pace)
+        for event in events:  # rare: a group with paced members takes its events one at a time
+            if "seq" not in event:  # only numbered (data) events are paced
+                self.deliver(members, (event,))
+                continue
+            self.deliver(self.unpaced.get(group, ()), (event,))
+            now = asyncio.get_running_loop().time()
+            for pace in paces.values():
+                if pace.conflation.admit(group, event, now):
+                    self.deliver(pace.names, (event,))
+                elif pace.timer is None:
+                    self._schedule(group, pace)
 
     def _schedule(self, group: str, pace: Pace) -> None:
         due = pace.conflation.next_release()
@@ -187,43 +229,36 @@ class LocalFanout:
         """Called when a pace's held event is due: hand it to the pace's channels."""
         pace.timer = None
         for _, event in pace.conflation.release(asyncio.get_running_loop().time()):
-            self.deliver(pace.names, event)
+            self.deliver(pace.names, (event,))
         # A timer may fire a little before its time (the loop's clock resolution): then try again.
         if pace.names:
             self._schedule(group, pace)
 
-    def deliver(self, names: Iterable[str], event: Event, *, behind: bool = False) -> None:
-        """Hand one event to each channel: directly if it is idle and takes it, else into its queue.
+    def deliver(self, names: Iterable[str], events: Events) -> None:
+        """Hand ``events`` to each channel: offered at once if it is idle and takes them, else queued.
 
-        ``behind`` (more Redis messages waiting) queues even for idle channels, so that their
-        consumers send what piled up in one frame.
+        This loop runs once per member for every event the process receives: it is the server's
+        hot path, and a consumer that takes the events directly writes them to its socket from here.
         """
+        channels = self.channels
         delivered = 0
         for name in names:
-            channel = self.channels.get(name)
+            channel = channels.get(name)
             if channel is None:
                 continue
             delivered += 1
-            if (
-                not channel.events
-                and channel.direct is not None
-                and not behind
-                and self._offer(name, channel, event)
-            ):
-                continue
-            if len(channel.events) >= channel.capacity:
-                self._overflow(name, channel)
-            channel.put(event)
-        self.stats.delivered += delivered
-
-    def _offer(self, name: str, channel: Channel, event: Event) -> bool:
-        assert channel.direct is not None
-        try:
-            return channel.direct(event)
-        except Exception:  # a consumer's bug must not stop delivery to everyone else
-            logger.exception("Direct delivery to %s failed; queueing instead", name)
-            channel.direct = None
-            return False
+            if not channel.events and channel.direct is not None:
+                try:
+                    if channel.direct(events):
+                        continue
+                except Exception:  # a consumer's bug must not stop delivery to everyone else
+                    logger.exception("Direct delivery to %s failed; queueing instead", name)
+                    channel.direct = None
+            for event in events:
+                if len(channel.events) >= channel.capacity:
+                    self._overflow(name, channel)
+                channel.put(event)
+        self.stats.delivered += delivered * len(events)
 
     def _overflow(self, name: str, channel: Channel) -> None:
         # Until its consumer takes the overflow event, further drops are added to it, and not logged again.

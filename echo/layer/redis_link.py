@@ -178,8 +178,8 @@ class Subscriber:
                     raise_if_cancelling()
                     message = await pubsub.get_message(timeout=1.0)
                     while message is not None:
-                        # More already waiting means we are behind: the fan-out then queues rather
-                        # than writes directly, so that each consumer sends what piled up in one frame.
+                        # With more already waiting, the fan-out holds this one back, so that each
+                        # consumer gets what piled up at once and sends it in one frame.
                         following = await pubsub.get_message(timeout=0)
                         self._handle(message, following is not None)
                         if message["type"] == self._confirm_type and not self._connected.is_set():
@@ -211,11 +211,11 @@ class Subscriber:
                 self._connected.clear()
                 await _close_quietly(pubsub)
 
-    def _handle(self, message: dict[str, Any], behind: bool) -> None:
+    def _handle(self, message: dict[str, Any], more_waiting: bool) -> None:
         kind = message["type"]
         name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
         if kind == self._message_type:
-            self.on_message(name, message["data"], behind)
+            self.on_message(name, message["data"], more_waiting)
         elif kind == self._confirm_type:
             confirmed = self._confirmations.pop(name, None)
             if confirmed is not None and not confirmed.done():

@@ -149,7 +149,7 @@ class Reporter:
     def report(self) -> None:
         """Write this process's field, and the key use counted since the last report."""
         now = time.time()
-        counts = dict(metrics.counts)  # one C-level copy: the event loop's thread may add keys
+        counts = metrics.totals()
         with _lock:
             publishes, last_used = dict(_key_publishes), dict(_key_last_used)
             _key_publishes.clear()

@@ -6,16 +6,16 @@ server's CPU when thousands of connections receive tens of messages a second (do
 On ``echo.layer.RedisFanoutChannelLayer`` the consumer runs its connection with a ``Delivery``
 instead, and every layer event takes one route:
 
-    layer reader --> Delivery.offer(event) --(idle, next in stream)--> written now (try_now)
-                                           \\--(anything else)--------> queued --> drain task -->
-                                               handle(everything waiting)
+    layer reader --> Delivery.offer(events) --(idle, next in stream)--> written now (try_now)
+                                            \\--(anything else)--------> queued --> drain task -->
+                                                handle(everything waiting)
 
-An event is written at once, in the layer's reader, only when nothing else is pending for this
-connection and ``try_now`` (the relay: the stream check and the server's synchronous write) takes
-it. Everything else is queued, in order, and a task that exists only while events wait hands all of
-them to ``handle`` together, so a client that fell behind gets one frame carrying all it missed.
-Handlers run one at a time (``turn``), as Channels guarantees; an idle connection has no task of its
-own besides the server's.
+Events are written at once, in the layer's reader, only when nothing else is pending for this
+connection and ``try_now`` (the relay's ``offer``: the stream check and the server's synchronous
+write) takes them. Everything else is queued, in order, and a task that exists only while events
+wait hands all of them to ``handle`` together, so a client that fell behind gets one frame carrying
+all it missed. Handlers run one at a time (``turn``), as Channels guarantees; an idle connection has
+no task of its own besides the server's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from echo.ops import metrics
@@ -45,22 +45,24 @@ class Delivery:
         channel: str,
         turn: asyncio.Lock,
         handle: Callable[[list[Event]], Awaitable[None]],
-        try_now: Callable[[Event], bool] | None = None,
+        direct: bool = False,
     ) -> None:
+        """``direct``: the server can write synchronously, so events may be offered to ``try_now``
+        (set once the connection knows what to do with them) before they are queued."""
         self.layer, self.channel, self.turn, self.handle = layer, channel, turn, handle
-        self.try_now = try_now
+        self.try_now: Callable[[Sequence[Event]], bool] | None = None
         self.connection = asyncio.current_task()
         self.drainer: asyncio.Task[None] | None = None
-        layer.attach(channel, self.queued, self.offer if try_now is not None else None)
+        layer.attach(channel, self.queued, self.offer if direct else None)
 
-    def offer(self, event: Event) -> bool:
-        """Called by the layer's reader with a new event while this connection's queue is empty.
+    def offer(self, events: Sequence[Event]) -> bool:
+        """Called by the layer's reader with new events while this connection's queue is empty.
 
-        True if it was handled now (written, or dropped as already sent); False to have it queued.
+        True if they were handled now (written, or dropped as already sent); False to have them queued.
         """
         if self.drainer is not None or self.turn.locked() or self.try_now is None:
             return False
-        return self.try_now(event)
+        return self.try_now(events)
 
     def queued(self) -> None:
         """Called by the layer when this connection's queue stops being empty: start draining."""

@@ -9,7 +9,7 @@ first, which holds that frame too: it is stored before it is published.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -17,14 +17,55 @@ from redis.exceptions import RedisError
 from echo.errors import CLOSE_TRY_AGAIN_LATER, ClientError
 from echo.layer.capabilities import Capabilities
 from echo.ops import metrics
+from echo.ops.metrics import hot_counts
 from echo.protocol import RELAY_EVENT, group_topic, reset_frame, topic_group, warning_frame
-from echo.ws.sending import Sender
+from echo.ws.sending import BATCH_CHARS, Sender
 from echo.ws.streams import TopicStreams, Verdict
 from echo.ws.subscription import Subscription
 
 logger = logging.getLogger(__name__)
 
 Dispatch = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Runs:
+    """The frame of the run of events being fanned out: joined once, for every connection it is
+    offered to (the layer hands each the same list object, in one synchronous loop)."""
+
+    __slots__ = ("events", "joined")
+
+    def __init__(self) -> None:
+        self.events: Sequence[Mapping[str, Any]] = ()
+        self.joined: str | None = None
+
+    def text(self, events: Sequence[Mapping[str, Any]]) -> str | None:
+        """The events' texts newline-joined, if they are consecutive numbered frames of one stream
+        (what a client can be sent in one go) and fit in one batch; else None."""
+        if events is not self.events:
+            self.events, self.joined = events, self._join(events)
+        return self.joined
+
+    @staticmethod
+    def _join(events: Sequence[Mapping[str, Any]]) -> str | None:
+        first = events[0]
+        if "seq" not in first:
+            return None
+        group, epoch, seq = first["group"], first["epoch"], first["seq"]
+        texts = []
+        for offset, event in enumerate(events):
+            if (
+                event["type"] != RELAY_EVENT
+                or event.get("seq") != seq + offset
+                or event["epoch"] != epoch
+                or event["group"] != group
+            ):
+                return None
+            texts.append(event["text"])
+        joined = "\n".join(texts)
+        return joined if len(joined) <= BATCH_CHARS else None
+
+
+runs = Runs()  # one event loop per server process: one run fanned out at a time
 
 
 class Relay:
@@ -54,18 +95,32 @@ class Relay:
             frames.append(warning_frame("no_max_rate", "this server's channel layer cannot pace frames"))
         return frames
 
-    def offer(self, event: dict[str, Any]) -> bool:
-        """From the layer's reader, with nothing else pending: write a pushed frame now if it is simply
-        the next of its stream and the socket takes it; True if handled (written, or already sent)."""
-        if event["type"] != RELAY_EVENT or self.sender.closing:
+    def offer(self, events: Sequence[Mapping[str, Any]]) -> bool:
+        """From the layer's reader, with nothing else pending: write pushed frames now if they simply
+        continue their stream and the socket takes them; True if handled (written, or already sent).
+
+        The server's hot path, once per connection for every message. Several events (a run of one
+        group's, ``echo.layer.fanout``) go out newline-joined in one frame, made once for every
+        connection (``runs``); anything unusual (a hole, a duplicate within a run, another kind of
+        event) returns False, and ``relay`` deals with it in order.
+        """
+        sender, streams, first = self.sender, self.streams, events[0]
+        if sender.closing or sender.direct is None or first["type"] != RELAY_EVENT:
             return False
-        verdict = self.verdict(event)
-        if verdict is Verdict.DUPLICATE:
-            return True
-        if verdict is Verdict.RECOVER or not self.sender.write_now(event["text"]):
+        cursor = None
+        if streams is not None and "seq" in first:  # a plain layer's frames are not numbered
+            cursor = streams.next_in(first["group"], first["epoch"], first["seq"])
+            if cursor is None:  # already sent (dropped here), or a hole or new epoch: relay() recovers
+                verdict = streams.check(first["group"], first["epoch"], first["seq"])
+                return verdict is Verdict.DUPLICATE and len(events) == 1
+        text = first["text"] if len(events) == 1 else runs.text(events)
+        if text is None or not sender.direct(text):
             return False
-        self.relayed(event)
-        metrics.inc("ws_frames_out_total")
+        if cursor is not None:
+            last = events[-1]
+            cursor.epoch, cursor.seq = last["epoch"], last["seq"]
+            hot_counts.messages_relayed += len(events)
+        hot_counts.frames_out += 1
         return True
 
     async def relay(self, events: list[dict[str, Any]], dispatch: Dispatch) -> None:
@@ -100,7 +155,7 @@ class Relay:
         """Record that a pushed frame is on its way to the client."""
         if "seq" in event and self.streams is not None:
             self.streams.advance(event["group"], event["epoch"], event["seq"])
-            metrics.inc("ws_messages_relayed_total")
+            hot_counts.messages_relayed += 1
 
     async def catch_up_all(self) -> list[str]:
         """The frames the client is owed of every topic it follows, topic after topic."""

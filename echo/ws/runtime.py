@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
@@ -46,6 +46,7 @@ class DeliveredConsumer(AsyncConsumer):
     handlers run one at a time (``turn``), frames go out through ``sender`` (``make_sender``)."""
 
     _sender: Sender | None = None
+    delivery: Delivery | None = None  # on this project's layer, once serving
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -88,8 +89,13 @@ class DeliveredConsumer(AsyncConsumer):
         self.scope, self.base_send = scope, send
         self._sender = self.make_sender(send, scope)
         self.channel_name = await self.channel_layer.new_channel()
-        offer = self.offer if self._sender.direct is not None else None
-        delivery = Delivery(self.channel_layer, self.channel_name, self.turn, self.handle_layer_events, offer)
+        delivery = self.delivery = Delivery(
+            self.channel_layer,
+            self.channel_name,
+            self.turn,
+            self.handle_layer_events,
+            direct=self._sender.direct is not None,
+        )
         try:
             while True:
                 message = await receive()
@@ -106,9 +112,14 @@ class DeliveredConsumer(AsyncConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    def offer(self, event: dict[str, Any]) -> bool:
-        """Called by ``Delivery`` with an event it may write at once; False: queue it."""
-        return False
+    def write_directly(self, offer: Callable[[Sequence[Any]], bool]) -> None:
+        """From now on, offer new layer events to ``offer`` first: it writes them at once and returns
+        True if it can (the server's synchronous write, ``Sender.direct``), else False to queue them.
+
+        Has no effect on Channels' own loop, or when the server cannot write synchronously.
+        """
+        if self.delivery is not None and self.sender.direct is not None:
+            self.delivery.try_now = offer
 
     async def handle_layer_events(self, events: list[dict[str, Any]]) -> None:
         """Called by ``Delivery`` with the layer events waiting, in order."""

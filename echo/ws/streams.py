@@ -90,16 +90,24 @@ class TopicStreams:
 
     def check(self, group: str, epoch: str, seq: int) -> Verdict:
         """Say what to do with the live frame (``epoch``, ``seq``) of ``group``; changes nothing."""
+        if self.next_in(group, epoch, seq) is not None:
+            return Verdict.SEND
+        cursor = self._cursors.get(group)
+        if cursor is None or epoch != cursor.epoch:
+            return Verdict.RECOVER
+        return Verdict.DUPLICATE if seq <= cursor.seq else Verdict.RECOVER
+
+    def next_in(self, group: str, epoch: str, seq: int) -> _Cursor | None:
+        """``group``'s cursor if the live frame (``epoch``, ``seq``) is simply the next to send, else
+        None. The caller moves the cursor once the frame is on its way (``cursor.epoch``, ``.seq``):
+        the hot path's ``check`` and ``advance`` in one lookup."""
         cursor = self._cursors.get(group)
         if cursor is None:
-            return Verdict.RECOVER
+            return None
         if epoch == cursor.epoch:
-            if seq <= cursor.seq:
-                return Verdict.DUPLICATE
-            return Verdict.SEND if seq == cursor.seq + 1 or self.skips else Verdict.RECOVER
-        if cursor.epoch is None and cursor.seq == 0 and seq == 1:
-            return Verdict.SEND  # the first frame of a stream that did not exist yet
-        return Verdict.RECOVER
+            return cursor if seq == cursor.seq + 1 or (self.skips and seq > cursor.seq) else None
+        # The first frame of a stream that did not exist yet.
+        return cursor if cursor.epoch is None and cursor.seq == 0 and seq == 1 else None
 
     def advance(self, group: str, epoch: str, seq: int) -> None:
         """Record that the live frame (``epoch``, ``seq``) of ``group`` was sent."""
