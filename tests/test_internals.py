@@ -460,6 +460,36 @@ async def test_send_receive_event_to_app_queues_the_message_and_pauses_reading_u
     assert not protocol.read_paused and peer.transport.reading, "receive() no longer resumes reading"
 
 
+async def test_a_read_of_many_small_frames_is_parsed_a_slice_per_loop_turn_in_order(peers: Any) -> None:
+    """One read of thousands of tiny frames must not hold the event loop while all are parsed."""
+    peer = peers()
+    await peer.open()
+    protocol = peer.protocol
+
+    def frames(numbers: range) -> bytes:
+        for n in numbers:
+            peer.client.send_text(b"%d" % n)
+        return b"".join(peer.client.data_to_send())
+
+    first = frames(range(5000))
+    assert len(first) > 4 * uvicorn_ws.PARSE_BYTES
+    protocol.data_received(first)
+    assert 0 < protocol.queue.qsize() < 1000, "the whole read was parsed at once"
+    # More arrives meanwhile: it waits behind the first, and past UNPARSED_BYTES reading pauses.
+    more = frames(range(5000, 20000))
+    assert len(more) > uvicorn_ws.UNPARSED_BYTES
+    peer.transport.resume_reading()  # as uvicorn does once the app took what was queued
+    protocol.data_received(more)
+    assert not peer.transport.reading, "reading goes on while too much waits to be parsed"
+    for _ in range(100_000):
+        if len(peer.app.received) > 20000:
+            break
+        await loop_turns(1)
+    texts = [m["text"] for m in peer.app.received[1:]]
+    assert texts == [str(n) for n in range(20000)]
+    assert peer.transport.reading, "reading was not resumed once everything was parsed"
+
+
 async def test_invalid_utf8_closes_with_1007_and_tells_the_app_without_a_traceback(
     peers: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -50,6 +50,12 @@ STALLED_CLOSE_SECONDS = 2.0
 # Once the server has sent its close frame, what the client may still send (read and dropped unparsed:
 # a 4 MiB frame being refused with 1009 is still arriving) and for how long, before it is aborted.
 CLOSING_BYTES = 8 * 1024 * 1024
+# What is parsed of a client's input per turn of the event loop. One read can hold 256 KiB: of tiny
+# frames, that is thousands, and parsing them at once would hold every other connection back for
+# hundreds of milliseconds. Input read but not parsed yet is kept up to UNPARSED_BYTES past one read;
+# above that, reading pauses until it is parsed.
+PARSE_BYTES = 4 * 1024
+UNPARSED_BYTES = 64 * 1024
 CLOSING_SECONDS = 5.0
 # Closes the WebSocket layer decides itself, and the error frame's code sent before each.
 PROTOCOL_ERRORS = {1009: "frame_too_big", 1007: "invalid_utf8", 1002: "protocol_error", 1013: "stalled"}
@@ -142,6 +148,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     frame_setting: FrameSetting = None  # known once the handshake is done
     lingering = False  # the close frame is sent: input is counted and dropped (see _linger)
     _discarded = 0
+    _unparsed: bytearray | None = None  # read, not parsed yet (PARSE_BYTES per loop turn)
+    _paused_to_parse = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -273,7 +281,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     # ------------------------------------------------------------ a connection being closed
 
     def data_received(self, data: bytes) -> None:
-        """Called with what the client sent: parsed, unless the server has sent its close frame.
+        """Called with what the client sent: parsed ``PARSE_BYTES`` per loop turn, unless the server
+        has sent its close frame.
 
         From then on nothing the client sends is parsed or dispatched (a flood of tiny frames would
         hold the event loop for seconds): it is counted and dropped until the client has read the
@@ -284,6 +293,39 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             if self._discarded > CLOSING_BYTES:
                 self._abort_closing("closing_bytes")
             return
+        if self._unparsed is not None:  # an earlier read is still being parsed: this comes after it
+            self._unparsed += data
+            if len(self._unparsed) > UNPARSED_BYTES:  # again, if uvicorn resumed reading meanwhile
+                self._paused_to_parse = True
+                self.transport.pause_reading()
+            return
+        if self.handshake_complete and len(data) > PARSE_BYTES:
+            self._unparsed = bytearray(data[PARSE_BYTES:])
+            self.loop.call_soon(self._parse_unparsed)
+            data = data[:PARSE_BYTES]
+        self._parse(data)
+
+    def _parse_unparsed(self) -> None:
+        """Called once per loop turn while input waits to be parsed: the next ``PARSE_BYTES`` of it."""
+        unparsed = self._unparsed
+        if unparsed is None:
+            return
+        if self.lingering or self.transport.is_closing():
+            self._unparsed = None  # nothing more is parsed (data_received counts what comes next)
+            return
+        chunk = bytes(unparsed[:PARSE_BYTES])
+        del unparsed[:PARSE_BYTES]  # from the front of a bytearray: no copy of the rest
+        if unparsed:
+            self.loop.call_soon(self._parse_unparsed)
+        else:
+            self._unparsed = None
+            if self._paused_to_parse:
+                self._paused_to_parse = False
+                if not self.read_paused:  # else uvicorn resumes once the app has taken what it queued
+                    self.transport.resume_reading()
+        self._parse(chunk)
+
+    def _parse(self, data: bytes) -> None:
         super().data_received(data)
         if not self.handshake_initiated and self.conn.handshake_exc is not None:
             # A request websockets could not even parse (a header over its limits): uvicorn
