@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Set
+from collections.abc import Callable, Set
 from typing import Any, ClassVar, cast
 
 from django.conf import settings
@@ -32,7 +33,7 @@ from websockets.server import ServerProtocol
 from echo.errors import CLOSE_GOING_AWAY
 from echo.ops import metrics
 from echo.protocol import error_frame
-from echo.ws.connections import DIRECT_SEND_TEXT
+from echo.ws.connections import DIRECT_SEND_TEXT, DIRECT_WRITER, DirectWriter
 from wsproject import versions
 from wsproject.primitives import Flag, ReceiveQueue
 
@@ -149,6 +150,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     lingering = False  # the close frame is sent: input is counted and dropped (see _linger)
     _discarded = 0
     _unparsed: bytearray | None = None  # read, not parsed yet (PARSE_BYTES per loop turn)
+    _writer_lost: Callable[[], None] | None = None  # see direct_writer
     _paused_to_parse = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -179,6 +181,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[DIRECT_SEND_TEXT] = self.direct_send_text
+        extensions[DIRECT_WRITER] = self.direct_writer
 
     def start_keepalive(self) -> None:
         """Called once, when the handshake's response has been sent."""
@@ -215,20 +218,46 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         setting = self.frame_setting
         if setting is None:  # during the handshake, or frames of this connection cannot be shared
             return self._direct_send_own_frame(text)
-        # The handshake is done (frame_setting is set once its response is sent): what is_open() and
-        # conn.send_text() check beyond that. uvicorn never sends fragments (continuation frames).
-        conn = self.conn
-        if (
+        if not self._takes_frames_now():
+            return False
+        frame = prepared.frames.get(setting) if text is prepared.text else None
+        self.transport.write(frame or prepared.frame(text, setting, self.conn.extensions))
+        return True
+
+    def _takes_frames_now(self) -> bool:
+        """Once the handshake is done (``frame_setting`` is set when its response is sent): what
+        ``is_open()`` and ``conn.send_text()`` check beyond that, and writable. uvicorn never sends
+        fragments (continuation frames)."""
+        return not (
             self.disconnected
             or self.close_sent
             or not self.writable.is_set()
-            or conn.state is not State.OPEN
+            or self.conn.state is not State.OPEN
             or self.transport.is_closing()
-        ):
-            return False
-        frame = prepared.frames.get(setting) if text is prepared.text else None
-        self.transport.write(frame or prepared.frame(text, setting, conn.extensions))
-        return True
+        )
+
+    def direct_writer(self, on_lost: Callable[[], None]) -> DirectWriter | None:
+        """The transport's write, for a caller that writes one prepared frame to many sockets, if this
+        one takes frames now and shares them (``DIRECT_WRITER``); else None.
+
+        ``on_lost()`` is called once, synchronously, the moment the socket stops taking frames: its
+        buffer is full (``pause_writing``), a close frame is sent or received, the connection is lost.
+        A later call replaces it.
+        """
+        setting = self.frame_setting
+        if setting is None or not self._takes_frames_now():
+            return None
+        self._writer_lost = on_lost
+        return DirectWriter(self.transport.write, setting, functools.partial(self._frame, setting))
+
+    def _frame(self, setting: FrameSetting, text: str) -> bytes:
+        return prepared.frame(text, setting, self.conn.extensions)
+
+    def _stop_direct_writes(self) -> None:
+        """Called when the socket stops taking frames: tell whoever writes to it directly, once."""
+        lost, self._writer_lost = self._writer_lost, None
+        if lost is not None:
+            lost()
 
     def _direct_send_own_frame(self, text: str) -> bool:
         """``direct_send_text`` for a connection whose frames cannot be shared (or not yet open)."""
@@ -245,6 +274,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._stop_direct_writes()
         if self._stall_timer is None:
             self._stall_timer = asyncio.get_running_loop().call_later(self.stall_seconds, self._drop)
 
@@ -253,8 +283,14 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._cancel_stall_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_direct_writes()
         self._cancel_stall_timer()
         super().connection_lost(exc)
+
+    def keepalive_timeout(self) -> None:
+        """Called by uvicorn when the client did not answer a ping in time: it closes the socket."""
+        self._stop_direct_writes()
+        super().keepalive_timeout()
 
     def _cancel_stall_timer(self) -> None:
         if self._stall_timer is not None:
@@ -327,6 +363,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _parse(self, data: bytes) -> None:
         super().data_received(data)
+        if self.handshake_complete and self.conn.state is not State.OPEN:  # a close frame came
+            self._stop_direct_writes()
         if not self.handshake_initiated and self.conn.handshake_exc is not None:
             # A request websockets could not even parse (a header over its limits): uvicorn
             # would leave its answer unsent and the connection open.
@@ -347,6 +385,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         await super().send(message)
         if message["type"] == "websocket.close" and self.close_sent and self.handshake_complete:
+            self._stop_direct_writes()
             self._linger()
 
     def handle_parser_exception(self) -> None:
@@ -357,6 +396,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         reset that can destroy the close frame before the client reads it (1006 instead of 1009).
         """
         assert self.conn.close_sent is not None
+        self._stop_direct_writes()
         code, reason = self.conn.close_sent.code, self.conn.close_sent.reason
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         if code in PROTOCOL_ERRORS and self.handshake_complete:
@@ -439,6 +479,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         socket that is closing, or one the client stopped reading) get uvicorn's own.
         """
         if not (self.is_open() and self.writable.is_set()):
+            self._stop_direct_writes()
             super().shutdown()
             return
         self._log_shutdown()

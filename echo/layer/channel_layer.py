@@ -45,7 +45,7 @@ from channels.layers import BaseChannelLayer
 
 from echo.layer.capabilities import ATTACH, NUMBERED, SHARED_STATE
 from echo.layer.events import RESYNC_EVENT
-from echo.layer.fanout import Event, Events, FanoutStats, LocalFanout
+from echo.layer.fanout import Event, Events, FanoutStats, Lane, LocalFanout
 from echo.layer.history import History, HistoryStore, group_key
 from echo.layer.redis_link import RedisLink, ShardedRedisLink
 from echo.layer.redis_target import parse_redis_url
@@ -250,6 +250,12 @@ class RedisFanoutChannelLayer(BaseChannelLayer):
         local = self._state().fanout.channels.get(channel)
         if local is not None:
             local.on_queued, local.direct = on_queued, direct
+
+    def set_lane(self, group: str, lane: Lane | None) -> None:
+        """Have ``lane(events)`` offered each run of ``group``'s events in this process before its
+        members are (``echo.layer.fanout``); it returns the names of the local channels it wrote them
+        to, which are then skipped, or None. ``None`` takes the lane away."""
+        self._state().fanout.set_lane(group, lane)
 
     def pace(self, channel: str, max_rate: float) -> None:
         """Pass a local channel at most ``max_rate`` numbered events per second of each group it joins

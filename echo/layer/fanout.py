@@ -11,6 +11,10 @@ own way, every consumer), or be called back (``on_queued``) and take everything 
 optionally offered new events synchronously first (``direct``) while its queue is empty. The
 second way is what ``echo.ws.delivery`` uses, so that an idle connection keeps no task waiting.
 
+A group may also have a lane (``set_lane``): a function offered each run of the group's events
+before any member is, which writes them itself to the members it holds (in one loop, without a call
+per member into their consumers) and returns their names; those are then skipped.
+
 Group events that arrive together (the reader found several Redis messages waiting) are handed over
 together: ``collect`` holds them until the reader has none left waiting, and every member is then
 offered the whole run of a group at once (one list object for all of them), so that a consumer can
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
 from typing import Any
 
 from echo.layer.conflation import Conflation
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 Event = Mapping[str, Any]  # group events are read-only: one object for every member
 Events = Sequence[Event]  # events handed over together, in order: one object for every member
+# A group's lane: takes a run of the group's events for the members it holds; their names, or None.
+Lane = Callable[[Events], "Set[str] | None"]
 # What the reader holds back while more Redis messages wait, at most: then it delivers what it holds.
 COLLECT_EVENTS = 64
 
@@ -101,6 +107,7 @@ class LocalFanout:
         self.groups: dict[str, set[str]] = {}  # every local member, paced or not
         self.paces: dict[str, dict[float, Pace]] = {}  # group -> max_rate -> its paced members
         self.unpaced: dict[str, set[str]] = {}  # group -> its members that are not paced
+        self.lanes: dict[str, Lane] = {}  # group -> its lane (set_lane)
         self.collected: dict[str, list[Event]] = {}  # group -> events held back by collect()
         self.collected_count = 0
         self.flush_scheduled = False
@@ -199,20 +206,36 @@ class LocalFanout:
         for group, events in collected.items():
             self.deliver_to_group(group, events)
 
+    def set_lane(self, group: str, lane: Lane | None) -> None:
+        """Give ``group`` a lane, or take it away (None)."""
+        if lane is None:
+            self.lanes.pop(group, None)
+        else:
+            self.lanes[group] = lane
+
     def deliver_to_group(self, group: str, events: Events) -> None:
-        """Hand ``events`` (in order) to every local member of ``group``, paced members at their pace."""
-        members = self.groups.get(group)
-        if not members:
+        """Hand ``events`` (in order) to every local member of ``group``, paced members at their pace:
+        first to the group's lane, if it has one, then to the members it did not take them for."""
+        everyone = self.groups.get(group)
+        if not everyone:
             return
+        lane = self.lanes.get(group)
+        taken = lane(events) if lane is not None else None
+        members: Collection[str] = everyone
+        if taken:
+            self.stats.delivered += len(taken) * len(events)
+            members = everyone - taken
         paces = self.paces.get(group)
         if paces is None:
             self.deliver(members, events)
             return
+        unpaced = self.unpaced.get(group, set())
+        unpaced = unpaced - taken if taken else unpaced
         for event in events:  # rare: a group with paced members takes its events one at a time
             if "seq" not in event:  # only numbered (data) events are paced
                 self.deliver(members, (event,))
                 continue
-            self.deliver(self.unpaced.get(group, ()), (event,))
+            self.deliver(unpaced, (event,))
             now = asyncio.get_running_loop().time()
             for pace in paces.values():
                 if pace.conflation.admit(group, event, now):

@@ -37,7 +37,7 @@ class Delivery:
     """The layer events of one connection, on their way to its socket."""
 
     # One per connection, held for its life.
-    __slots__ = ("channel", "connection", "drainer", "handle", "layer", "try_now", "turn")
+    __slots__ = ("busy", "channel", "connection", "drainer", "handle", "layer", "try_now", "turn")
 
     def __init__(
         self,
@@ -51,6 +51,7 @@ class Delivery:
         (set once the connection knows what to do with them) before they are queued."""
         self.layer, self.channel, self.turn, self.handle = layer, channel, turn, handle
         self.try_now: Callable[[Sequence[Event]], bool] | None = None
+        self.busy: Callable[[], None] | None = None  # told when an event is queued, and at the end
         self.connection = asyncio.current_task()
         self.drainer: asyncio.Task[None] | None = None
         layer.attach(channel, self.queued, self.offer if direct else None)
@@ -66,6 +67,8 @@ class Delivery:
 
     def queued(self) -> None:
         """Called by the layer when this connection's queue stops being empty: start draining."""
+        if self.busy is not None:
+            self.busy()
         if self.drainer is None:
             self.drainer = asyncio.get_running_loop().create_task(self.drain())
 
@@ -86,6 +89,8 @@ class Delivery:
 
     async def stop(self) -> None:
         """Called when the connection ends: leave the layer first, so that nothing more is queued."""
+        if self.busy is not None:
+            self.busy()
         await self.layer.forget_channel(self.channel)
         if self.drainer is not None:
             self.drainer.cancel()

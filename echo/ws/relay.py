@@ -19,6 +19,7 @@ from echo.layer.capabilities import Capabilities
 from echo.ops import metrics
 from echo.ops.metrics import hot_counts
 from echo.protocol import RELAY_EVENT, group_topic, reset_frame, topic_group, warning_frame
+from echo.ws.lanes import Lanes, lanes_of
 from echo.ws.sending import BATCH_CHARS, Sender
 from echo.ws.streams import TopicStreams, Verdict
 from echo.ws.subscription import Subscription
@@ -71,7 +72,19 @@ runs = Runs()  # one event loop per server process: one run fanned out at a time
 class Relay:
     """The topics of one connection: where the client stands in each, and what it is sent next."""
 
-    __slots__ = ("client", "features", "groups", "history_unavailable", "layer", "sender", "streams", "wants")
+    __slots__ = (
+        "channel",
+        "client",
+        "features",
+        "groups",
+        "history_unavailable",
+        "in_lanes",
+        "lanes",
+        "layer",
+        "sender",
+        "streams",
+        "wants",
+    )
 
     def __init__(
         self, layer: Any, features: Capabilities, subscription: Subscription, sender: Sender, client: Any
@@ -81,6 +94,9 @@ class Relay:
         self.wants = subscription  # its history and max_rate
         self.streams: TopicStreams | None = None
         self.history_unavailable = False  # the last attempt to read history failed
+        self.channel = ""
+        self.lanes: Lanes | None = None  # where it can be written to with others (echo.ws.lanes)
+        self.in_lanes: tuple[str, ...] = ()  # the groups whose lane it is in (no set: 200 bytes idle)
 
     async def start(self, channel: str) -> list[str]:
         """Called on connect, before joining the groups: pace the channel if asked, and return the
@@ -90,6 +106,10 @@ class Relay:
             self.layer.pace(channel, self.wants.max_rate)  # once per process per topic and rate
         since = {topic_group(topic): position for topic, position in self.wants.since.items()}
         self.streams = TopicStreams(self.wants.history, since, skips=paced)
+        self.channel = channel
+        if self.sender.direct_writer is not None and not paced:
+            self.lanes = lanes_of(self.layer)
+            self.sender.on_closing = self.leave_lanes
         frames = await self.catch_up_all()
         if self.wants.max_rate is not None and not paced:
             frames.append(warning_frame("no_max_rate", "this server's channel layer cannot pace frames"))
@@ -120,8 +140,42 @@ class Relay:
             last = events[-1]
             cursor.epoch, cursor.seq = last["epoch"], last["seq"]
             hot_counts.messages_relayed += len(events)
+            if self.lanes is not None:
+                self.join_lane(last["group"], cursor.epoch, cursor.seq)
         hot_counts.frames_out += 1
         return True
+
+    def join_lane(self, group: str, epoch: str | None, seq: int) -> None:
+        """Called after a frame of ``group`` was written directly: join the group's lane, if the
+        client stands where the lane does (or there is none yet) and its socket takes frames."""
+        assert self.lanes is not None and self.sender.direct_writer is not None
+        lane = self.lanes.get(group)
+        if (
+            group in self.in_lanes
+            or epoch is None
+            or (lane is not None and (lane.epoch, lane.seq) != (epoch, seq))
+        ):
+            return
+        writer = self.sender.direct_writer(self.leave_lanes)
+        if writer is not None and self.lanes.join(group, self.channel, self, writer, (epoch, seq)):
+            self.in_lanes += (group,)
+
+    def left_lane(self, group: str, epoch: str, seq: int) -> None:
+        """Called by a lane that let this connection go: it was sent up to (``epoch``, ``seq``)."""
+        self.in_lanes = tuple(other for other in self.in_lanes if other != group)
+        if self.streams is not None:
+            self.streams.advance(group, epoch, seq)
+
+    def leave_lanes(self) -> None:
+        """Leave every lane, taking each one's position: called when the socket stops taking frames,
+        an event is queued for the connection, it starts closing, or it ends."""
+        if not self.in_lanes or self.lanes is None:
+            return
+        for group in self.in_lanes:
+            lane = self.lanes.get(group)
+            if lane is not None:
+                self.left_lane(group, *lane.remove(self.channel))
+        self.in_lanes = ()
 
     async def relay(self, events: list[dict[str, Any]], dispatch: Dispatch) -> None:
         """Layer events in order: pushed frames newline-joined, in as few frames as can be; any other

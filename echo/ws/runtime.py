@@ -30,7 +30,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
 from echo.layer.capabilities import Capabilities, capabilities
-from echo.ws.connections import DIRECT_SEND_TEXT
+from echo.ws.connections import DIRECT_SEND_TEXT, DIRECT_WRITER
 from echo.ws.delivery import Delivery
 from echo.ws.sending import Sender
 
@@ -112,14 +112,15 @@ class DeliveredConsumer(AsyncConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    def write_directly(self, offer: Callable[[Sequence[Any]], bool]) -> None:
+    def write_directly(self, offer: Callable[[Sequence[Any]], bool], busy: Callable[[], None]) -> None:
         """From now on, offer new layer events to ``offer`` first: it writes them at once and returns
         True if it can (the server's synchronous write, ``Sender.direct``), else False to queue them.
+        ``busy()`` is called when an event is queued, and when the connection ends.
 
         Has no effect on Channels' own loop, or when the server cannot write synchronously.
         """
         if self.delivery is not None and self.sender.direct is not None:
-            self.delivery.try_now = offer
+            self.delivery.try_now, self.delivery.busy = offer, busy
 
     async def handle_layer_events(self, events: list[dict[str, Any]]) -> None:
         """Called by ``Delivery`` with the layer events waiting, in order."""
@@ -143,7 +144,8 @@ class DeliveredWebsocketConsumer(DeliveredConsumer, AsyncWebsocketConsumer):
     written at once by the production server when the socket takes them (``x-direct-send-text``)."""
 
     def make_sender(self, send: Any, scope: dict[str, Any]) -> Sender:
-        return Sender(send, (scope.get("extensions") or {}).get(DIRECT_SEND_TEXT))
+        extensions = scope.get("extensions") or {}
+        return Sender(send, extensions.get(DIRECT_SEND_TEXT), extensions.get(DIRECT_WRITER))
 
     async def close(self, code: int | None = None, reason: str | None = None) -> None:
         await self.sender.close(code, reason)

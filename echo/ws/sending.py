@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from echo.ops.metrics import hot_counts
+from echo.ws.connections import DirectWriter
 
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -18,22 +19,38 @@ class Sender:
 
     ``direct`` is the production server's synchronous write (``x-direct-send-text``): a pushed
     frame's bytes, made once for every connection, are written at once if the socket takes them.
+    ``direct_writer`` (``x-direct-writer``) hands out the socket's own write, for ``echo.ws.lanes``.
     """
 
-    __slots__ = ("base_send", "closing", "direct")  # one per connection, held for its life
+    # One per connection, held for its life.
+    __slots__ = ("_closing", "base_send", "direct", "direct_writer", "on_closing")
 
     def __init__(
         self,
         base_send: Callable[[dict[str, Any]], Awaitable[None]],
         direct: Callable[[str], bool] | None = None,
+        direct_writer: Callable[[Callable[[], None]], DirectWriter | None] | None = None,
     ) -> None:
         self.base_send = base_send
         self.direct = direct
-        self.closing = False
+        self.direct_writer = direct_writer
+        self._closing = False
+        self.on_closing: Callable[[], None] | None = None  # called when closing becomes true
+
+    @property
+    def closing(self) -> bool:
+        """True once the server decided to close: nothing more is sent but the close."""
+        return self._closing
+
+    @closing.setter
+    def closing(self, closing: bool) -> None:
+        self._closing = closing
+        if closing and self.on_closing is not None:
+            self.on_closing()
 
     def write_now(self, text: str) -> bool:
         """Write a text frame now if the server can and the socket takes it; True if it did."""
-        return not self.closing and self.direct is not None and self.direct(text)
+        return not self._closing and self.direct is not None and self.direct(text)
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send one ASGI message to the socket: the hot path, without the base consumer's layers."""
