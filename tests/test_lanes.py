@@ -230,3 +230,22 @@ def test_a_run_with_a_hole_dissolves_the_lane_each_member_leaving_at_its_positio
     assert layer.lane([frame(7)]) is None  # 6 is missing
     assert first.left == second.left == ("topic.x", "e1", 5)
     assert layer.lane is None and lanes.get("topic.x") is None
+
+
+def test_a_lane_opened_before_its_stream_exists_takes_its_first_frame() -> None:
+    """Connections of a topic nobody published to yet (position (None, 0)) share a lane from their
+    first presence frame; the stream's first frame (seq 1, a new epoch) continues it."""
+
+    class Layer:
+        def set_lane(self, group: str, lane: Any) -> None:
+            self.lane = lane
+
+    layer, written = Layer(), []
+    lanes = lanes_of(layer)
+    assert lanes.join("topic.y", "a", None, DirectWriter(written.append, "plain", str.encode), (None, 0))  # type: ignore[arg-type]
+    presence = {"type": "relay.frame", "text": "p", "group": "topic.y"}
+    first = {"type": "relay.frame", "text": "f1", "group": "topic.y", "epoch": "e9", "seq": 1}
+    assert layer.lane([presence]) == {"a"} and layer.lane([first]) == {"a"}
+    assert written == [b"p", b"f1"]
+    lane = lanes.get("topic.y")
+    assert lane is not None and (lane.epoch, lane.seq) == ("e9", 1)

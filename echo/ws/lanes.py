@@ -37,7 +37,7 @@ Events = Sequence[Mapping[str, Any]]
 class Member(Protocol):
     """What a lane needs of a connection (``echo.ws.relay.Relay``)."""
 
-    def left_lane(self, group: str, epoch: str, seq: int) -> None:
+    def left_lane(self, group: str, epoch: str | None, seq: int) -> None:
         """Called when the lane lets the connection go: it was sent up to (``epoch``, ``seq``)."""
 
 
@@ -46,9 +46,10 @@ class Lane:
 
     __slots__ = ("epoch", "group", "layer", "members", "plan", "seq")
 
-    def __init__(self, layer: Any, group: str, epoch: str, seq: int) -> None:
+    def __init__(self, layer: Any, group: str, epoch: str | None, seq: int) -> None:
         self.layer, self.group = layer, group
-        self.epoch, self.seq = epoch, seq  # the last frame every member was sent
+        # The last frame every member was sent; (None, 0) for a stream that does not exist yet.
+        self.epoch, self.seq = epoch, seq
         self.members: dict[str, tuple[Member, DirectWriter]] = {}  # channel name -> member
         # What take() loops over, made again after members change: per kind of socket, how to frame a
         # text and each socket's write; and the members' names.
@@ -58,7 +59,7 @@ class Lane:
         self.members[name] = (member, writer)
         self.plan = None
 
-    def remove(self, name: str) -> tuple[str, int]:
+    def remove(self, name: str) -> tuple[str | None, int]:
         """Let one member go; return the position it was sent up to."""
         if self.members.pop(name, None) is not None:
             self.plan = None
@@ -74,11 +75,11 @@ class Lane:
         if run is None:
             self.dissolve()
             return None
-        text, seq = run
+        text, epoch, seq = run
         before, relayed = self.seq, seq - self.seq
         # Moved before writing: a member that leaves during the loop (its write filled its buffer)
         # has had this run.
-        self.seq = seq
+        self.epoch, self.seq = epoch, seq
         kinds, names = self.plan or self._make_plan()
         for frame_of, writes in kinds:
             frame = frame_of(text)
@@ -91,20 +92,24 @@ class Lane:
         hot_counts.messages_relayed += relayed * len(names)
         return names
 
-    def _continuation(self, events: Events) -> tuple[str, int] | None:
-        """The run's frame text and the seq it ends at, if it simply continues the lane; else None."""
+    def _continuation(self, events: Events) -> tuple[str, str | None, int] | None:
+        """The run's frame text and the position it ends at, if it simply continues the lane; else None."""
         epoch, seq = self.epoch, self.seq
         texts = []
         for event in events:
             if event["type"] != RELAY_EVENT:
                 return None
             if "seq" in event:  # unnumbered frames (presence counts) go to everyone, in place
-                if event["seq"] != seq + 1 or event["epoch"] != epoch or event["group"] != self.group:
+                if event["group"] != self.group or event["seq"] != seq + 1:
                     return None
+                if event["epoch"] != epoch:
+                    if epoch is not None or seq != 0:
+                        return None
+                    epoch = event["epoch"]  # the first frame of a stream that did not exist yet
                 seq += 1
             texts.append(event["text"])
         text = texts[0] if len(texts) == 1 else "\n".join(texts)
-        return (text, seq) if len(text) <= BATCH_CHARS else None
+        return (text, epoch, seq) if len(text) <= BATCH_CHARS else None
 
     def dissolve(self) -> None:
         """Let every member go, each with the lane's position, and close the lane."""
@@ -138,7 +143,7 @@ class Lanes:
         self.by_group: dict[str, Lane] = {}
 
     def join(
-        self, group: str, name: str, member: Member, writer: DirectWriter, position: tuple[str, int]
+        self, group: str, name: str, member: Member, writer: DirectWriter, position: tuple[str | None, int]
     ) -> bool:
         """Add a connection at ``position`` to the group's lane (opened there if there is none);
         False if the lane is elsewhere in the stream."""

@@ -123,8 +123,9 @@ class Presence:
             total = await self._total(topic, fields, now)
             if self._last_total.get(topic) != total:
                 self._last_total[topic] = total
-                frame = presence_frame(topic, *total)
-                self.layer.group_send_local(topic_group(topic), relay_event(frame))
+                group, frame = topic_group(topic), presence_frame(topic, *total)
+                # Its group said: a connection written to directly can join the group's lane with it.
+                self.layer.group_send_local(group, {**relay_event(frame), "group": group})
 
     async def _total(
         self, topic: str, fields: dict[bytes, bytes], now: float

@@ -140,8 +140,10 @@ class Relay:
             last = events[-1]
             cursor.epoch, cursor.seq = last["epoch"], last["seq"]
             hot_counts.messages_relayed += len(events)
-            if self.lanes is not None:
-                self.join_lane(last["group"], cursor.epoch, cursor.seq)
+        if self.lanes is not None and streams is not None and "group" in first:
+            position = streams.position(first["group"])  # presence frames say their group too
+            if position is not None:
+                self.join_lane(first["group"], *position)
         hot_counts.frames_out += 1
         return True
 
@@ -150,17 +152,13 @@ class Relay:
         client stands where the lane does (or there is none yet) and its socket takes frames."""
         assert self.lanes is not None and self.sender.direct_writer is not None
         lane = self.lanes.get(group)
-        if (
-            group in self.in_lanes
-            or epoch is None
-            or (lane is not None and (lane.epoch, lane.seq) != (epoch, seq))
-        ):
+        if group in self.in_lanes or (lane is not None and (lane.epoch, lane.seq) != (epoch, seq)):
             return
         writer = self.sender.direct_writer(self.leave_lanes)
         if writer is not None and self.lanes.join(group, self.channel, self, writer, (epoch, seq)):
             self.in_lanes += (group,)
 
-    def left_lane(self, group: str, epoch: str, seq: int) -> None:
+    def left_lane(self, group: str, epoch: str | None, seq: int) -> None:
         """Called by a lane that let this connection go: it was sent up to (``epoch``, ``seq``)."""
         self.in_lanes = tuple(other for other in self.in_lanes if other != group)
         if self.streams is not None:

@@ -109,7 +109,7 @@ class TopicStreams:
         # The first frame of a stream that did not exist yet.
         return cursor if cursor.epoch is None and cursor.seq == 0 and seq == 1 else None
 
-    def advance(self, group: str, epoch: str, seq: int) -> None:
+    def advance(self, group: str, epoch: str | None, seq: int) -> None:
         """Record that the live frame (``epoch``, ``seq``) of ``group`` was sent."""
         cursor = self._cursors.get(group)
         if cursor is None:
