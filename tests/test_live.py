@@ -148,3 +148,34 @@ async def test_key_use_survives_a_failed_report(layer: RedisFanoutChannelLayer) 
         broken.report()
     reporter(layer).report()
     assert (await live.snapshot(layer, live.RateMeter()))["key_use"][digest]["publishes"] == 2
+
+
+async def test_a_topic_watched_by_thousands_is_told_its_count_less_often(
+    layer: RedisFanoutChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past FRAMES_PER_TICK watchers in a process, presence frames go out less often, so that a crowd
+    connecting (a change every tick) costs FRAMES_PER_TICK deliveries a tick, not one per watcher."""
+    from types import SimpleNamespace
+
+    from echo.ws import presence as presence_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(presence_module, "time", SimpleNamespace(time=lambda: clock[0]))
+    channel = await layer.new_channel()
+    await layer.group_add(topic_group("crowd"), channel)
+    presence = Presence(layer, ttl=30, interval=0.5)
+    try:
+        for _ in range(3 * presence_module.FRAMES_PER_TICK):
+            presence.join(("crowd",))
+        told = []
+        for _ in range(12):  # twelve ticks, the count changing before each
+            presence.join(("crowd",))
+            assert presence._task is not None
+            presence._task.cancel()  # the ticks are taken here, one per turn of the clock
+            await presence._tick()
+            told += [json.loads(event["text"])["count"] for event in layer.receive_nowait_all(channel)]
+            clock[0] += presence.interval
+        # 3,000 watchers: told every second tick, with the count of the moment.
+        assert told == [3001 + 2 * n for n in range(6)]
+    finally:
+        await presence.close()

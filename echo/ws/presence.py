@@ -6,7 +6,10 @@ login the value also lists the process's viewers' names (at most ``MAX_PRESENCE_
 totals carry their union. Totals ignore and
 remove expired fields, so a process that dies without cleaning up stops counting within ``ttl``: no
 ghost viewers. Each process reads the totals of the topics its clients watch every ``interval`` and
-tells those clients when a total changed: at most ``1 / interval`` frames per topic per second.
+tells those clients when a total changed: at most ``1 / interval`` frames per topic per second, and,
+on a topic watched by thousands of its clients, under ``2 * FRAMES_PER_TICK`` frames a tick in all
+(each client hears less often): while thousands connect, counts change every tick, and telling every
+watcher each time cost more than the data.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from echo.protocol import MAX_PRESENCE_USERS, presence_frame, relay_event, topic
 
 logger = logging.getLogger(__name__)
 
+# Presence frames one process sends per topic per interval, at most (see the module's docstring).
+FRAMES_PER_TICK = 1000
+
 
 class Presence:
     """One process's view of presence: its local counts, published to Redis, and the shared totals."""
@@ -41,6 +47,7 @@ class Presence:
         self.names: dict[str, Counter[str]] = {}  # topic -> viewers' names, on topics that list them
         self._dirty: set[str] = set()
         self._last_total: dict[str, tuple[int, list[str] | None, int]] = {}
+        self._next_frame: dict[str, float] = {}  # topic -> when its watchers may be told again
         self._last_refresh = 0.0
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -119,10 +126,14 @@ class Presence:
             self._last_refresh = now
         for topic in [t for t, count in self.local.items() if count <= 0]:
             del self.local[topic]
+            self._next_frame.pop(topic, None)
         for topic, fields in zip(watched, results[-len(watched) :] if watched else [], strict=True):
             total = await self._total(topic, fields, now)
-            if self._last_total.get(topic) != total:
+            if self._last_total.get(topic) != total and now >= self._next_frame.get(topic, 0.0):
                 self._last_total[topic] = total
+                watchers = self.local[topic]
+                # One frame every (watchers // FRAMES_PER_TICK) ticks: under 2 * FRAMES_PER_TICK a tick.
+                self._next_frame[topic] = now + self.interval * (watchers // FRAMES_PER_TICK - 1)
                 group, frame = topic_group(topic), presence_frame(topic, *total)
                 # Its group said: a connection written to directly can join the group's lane with it.
                 self.layer.group_send_local(group, {**relay_event(frame), "group": group})
