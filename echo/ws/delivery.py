@@ -16,6 +16,10 @@ write) takes them. Everything else is queued, in order, and a task that exists o
 wait hands all of them to ``handle`` together, so a client that fell behind gets one frame carrying
 all it missed. Handlers run one at a time (``turn``), as Channels guarantees; an idle connection has
 no task of its own besides the server's.
+
+A connection in its topic's lane (``echo.ws.lanes``) is not offered that topic's events at all: the
+lane writes them. ``busy`` takes it out of its lanes the moment anything is queued for it, so that
+what comes next waits behind what was queued.
 """
 
 from __future__ import annotations
