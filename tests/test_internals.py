@@ -267,6 +267,17 @@ async def test_handshake_complete_and_disconnected_follow_the_connection(peers: 
     assert peer.protocol.disconnected and not peer.protocol.is_open()
 
 
+async def test_every_attribute_uvicorns_protocol_sets_is_one_of_our_slots(peers: Any) -> None:
+    """Past 30 attributes, an object's instance dict grows a table of its own on every connection."""
+    uvicorns = peers(protocol_class=WebSocketsSansIOProtocol)
+    await uvicorns.open()
+    unslotted = set(vars(uvicorns.protocol)) - set(uvicorn_ws.UVICORN_WS_ATTRIBUTES)
+    assert not unslotted, f"uvicorn's protocol now sets {unslotted}: add them to UVICORN_WS_ATTRIBUTES"
+    ours = peers()
+    await ours.open()
+    assert len(vars(ours.protocol)) <= 30 - len(unslotted)
+
+
 # ---------------------------------------------------------------- uvicorn: methods overridden
 
 

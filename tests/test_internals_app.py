@@ -21,6 +21,7 @@ import pytest
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.routing import ProtocolTypeRouter
 from packaging.utils import canonicalize_name
 from prometheus_client import multiprocess
 from redis.asyncio.connection import BlockingConnectionPool
@@ -113,13 +114,39 @@ def test_channels_dispatch_is_handler_lookup_plus_closing_old_connections() -> N
     assert get_handler_name({"type": "identity.revoked"}) == "identity_revoked"
 
 
+def test_channels_protocol_type_router_awaits_the_application_its_mapping_names() -> None:
+    """``FlatProtocolTypeRouter`` returns what Channels' awaits: nothing else may be missing."""
+    body = inspect.getsource(ProtocolTypeRouter.__call__)
+    statements = [line.strip() for line in body.splitlines() if line.strip()][1:]
+    assert statements == [
+        'if scope["type"] in self.application_mapping:',
+        'application = self.application_mapping[scope["type"]]',
+        "return await application(scope, receive, send)",
+        "else:",
+        "raise ValueError(",
+        '"No application configured for scope type %r" % scope["type"]',
+        ")",
+    ]
+    assert ProtocolTypeRouter({}).application_mapping == {}
+
+
 def test_channels_websocket_disconnect_leaves_self_groups_then_calls_disconnect() -> None:
-    """The consumer puts its identity group in ``self.groups`` so that Channels leaves it on close."""
-    source = inspect.getsource(AsyncWebsocketConsumer.websocket_disconnect)
-    leave = source.index("for group in self.groups:")
-    assert source.index("group_discard(group, self.channel_name)") > leave
-    assert source.index('await self.disconnect(message["code"])') > leave
-    assert "raise StopConsumer()" in source
+    """Ours is Channels' without ``aclose_old_connections()``: nothing else may be missing. The consumer
+    puts its identity group in ``self.groups`` so that it is left on close."""
+    body = inspect.getsource(AsyncWebsocketConsumer.websocket_disconnect).split('"""')[-1]
+    statements = [line.strip() for line in body.splitlines() if line.strip()]
+    assert statements == [
+        "try:",
+        "for group in self.groups:",
+        "await self.channel_layer.group_discard(group, self.channel_name)",
+        "except AttributeError:",
+        "raise InvalidChannelLayerError(",
+        '"BACKEND is unconfigured or doesn\'t support groups"',
+        ")",
+        'await self.disconnect(message["code"])',
+        "await aclose_old_connections()",
+        "raise StopConsumer()",
+    ]
 
 
 # ---------------------------------------------------------------- redis-py (echo/layer/redis_target.py)

@@ -118,7 +118,28 @@ def refusal() -> str | None:
     return versions.refusal(TESTED, "wsproject/uvicorn_ws.py")
 
 
-class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
+# Every attribute uvicorn's WebSocket protocol sets on itself. They are more than CPython (3.11) keeps
+# inline in an object, 30: past them, each connection's instance dict becomes a hash table of its own,
+# 1.6 KB on every idle connection. As slots of a subclass they take 8 bytes each, and the instance dict
+# keeps only BoundedWebSocketProtocol's own attributes. A name uvicorn drops costs 8 idle bytes; one it
+# adds lands in the dict again (tests/test_internals.py lists them).
+UVICORN_WS_ATTRIBUTES = (
+    "config", "app", "loop", "logger", "root_path", "asgi_version", "app_state", "connections",
+    "tasks", "default_headers", "transport", "server", "client", "scheme", "queue",
+    "handshake_initiated", "handshake_complete", "close_sent", "disconnected", "close_timer",
+    "close_timeout", "initial_response", "conn", "read_paused", "writable", "ping_interval",
+    "ping_timeout", "ping_timer", "pong_timer", "pending_ping_payload", "ping_sent_at",
+    "last_ping_rtt", "frames", "curr_msg_data_type", "request", "response", "scope",
+)  # fmt: skip
+
+
+class SlottedWebSocketsSansIOProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol with its attributes in slots: nothing else changes."""
+
+    __slots__ = UVICORN_WS_ATTRIBUTES
+
+
+class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
     """websockets' sans-I/O protocol that drops a client which stopped reading its socket.
 
     While a client reads slowly, sends wait (uvicorn pauses writers above the transport's high-water
