@@ -190,8 +190,8 @@ class FlatProtocolTypeRouter(ProtocolTypeRouter):
     """
 
     @markcoroutinefunction
-    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:  # type: ignore[override]
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         application = self.application_mapping.get(scope["type"])
         if application is None:
             raise ValueError(f"No application configured for scope type {scope['type']!r}")
-        return application(scope, receive, send)  # type: ignore[no-any-return]
+        return application(scope, receive, send)
