@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Set
 from typing import Any, ClassVar, cast
@@ -163,19 +162,28 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
         """``WS_SHUTDOWN_SECONDS``: on shutdown, how long a client may take to answer the 1001 close."""
         return float(settings.WS_SHUTDOWN_SECONDS)
 
-    _stall_timer: asyncio.TimerHandle | None = None
     # The connections of the server whose shutdown was last logged (see _log_shutdown).
     _shutdown_logged_for: ClassVar[Set[Any] | None] = None
 
-    frame_setting: FrameSetting = None  # known once the handshake is done
-    lingering = False  # the close frame is sent: input is counted and dropped (see _linger)
-    _discarded = 0
-    _unparsed: bytearray | None = None  # read, not parsed yet (PARSE_BYTES per loop turn)
-    _writer_lost: Callable[[], None] | None = None  # see direct_writer
-    _paused_to_parse = False
+    __slots__ = (
+        "_discarded",
+        "_paused_to_parse",
+        "_stall_timer",
+        "_unparsed",
+        "_writer_lost",
+        "frame_setting",
+        "lingering",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.frame_setting: FrameSetting = None  # known once the handshake is done
+        self.lingering = False  # the close frame is sent: input is counted and dropped (see _linger)
+        self._discarded = 0
+        self._unparsed: bytearray | None = None  # read, not parsed yet (PARSE_BYTES per loop turn)
+        self._writer_lost: Callable[[], None] | None = None  # see direct_writer
+        self._paused_to_parse = False
+        self._stall_timer: asyncio.TimerHandle | None = None
         # Lighter stand-ins for asyncio's Queue and Event (wsproject/primitives.py).
         self.queue = ReceiveQueue()  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
@@ -269,10 +277,10 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
         if setting is None or not self._takes_frames_now():
             return None
         self._writer_lost = on_lost
-        return DirectWriter(self.transport.write, setting, functools.partial(self._frame, setting))
+        return DirectWriter(self.transport.write, setting, self._frame)
 
-    def _frame(self, setting: FrameSetting, text: str) -> bytes:
-        return prepared.frame(text, setting, self.conn.extensions)
+    def _frame(self, text: str) -> bytes:
+        return prepared.frame(text, self.frame_setting, self.conn.extensions)
 
     def _stop_direct_writes(self) -> None:
         """Called when the socket stops taking frames: tell whoever writes to it directly, once."""
