@@ -28,13 +28,12 @@ class EchoConsumer(DeliveredWebsocketConsumer):
     need this project's layer (``echo.layer.capabilities``).
     """
 
-    relay: Relay | None = None  # once admitted
-    echo_limit: EchoLimit | None = None  # made at the client's first frame: listeners never need one
-    joined = False
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.admission = Admission()
+        self.relay: Relay | None = None  # once admitted
+        self.joined = False
+        self.echo_limit: EchoLimit | None = None  # made at the client's first frame: listeners never need one
 
     # ------------------------------------------------------------ lifecycle
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from channels.testing import WebsocketCommunicator
 
+from echo.consumers import EchoConsumer
 from echo.protocol import DEFAULT_TOPIC, topic_group
 from echo.publishing import broadcast
 from echo.publishing.broadcast import Publisher
@@ -232,3 +235,18 @@ def test_as_asgi_keeps_channels_attributes_and_holds_no_frame_of_its_own() -> No
     assert app.consumer_class is EchoConsumer and app.consumer_initkwargs == {}
     assert app.__name__ == "EchoConsumer" and app.__doc__ == EchoConsumer.__doc__
     assert not inspect.iscoroutinefunction(app)  # returns the consumer's coroutine instead of awaiting it
+
+
+async def test_consumers_opened_at_once_keep_the_attribute_dict_of_one_made_alone() -> None:
+    """Every attribute is set in ``__init__``: CPython shares one table of attribute names among a
+    class's instances but stops adding names to it as instances are made, so a name first set after
+    an await, while many connect at once, gives each consumer a dict of its own (400 bytes more)."""
+    clients = [WebsocketCommunicator(application, "/ws/echo/?history=0", headers=[ORIGIN]) for _ in range(64)]
+    try:
+        assert all(connected for connected, _ in await asyncio.gather(*(c.connect() for c in clients)))
+        consumers = [o for o in gc.get_objects() if type(o) is EchoConsumer and o.joined]
+        assert len(consumers) >= len(clients)
+        alone = sys.getsizeof(vars(EchoConsumer()))
+        assert max(sys.getsizeof(vars(consumer)) for consumer in consumers) <= alone
+    finally:
+        await asyncio.gather(*(c.disconnect() for c in clients))

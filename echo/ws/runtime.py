@@ -50,12 +50,19 @@ class DeliveredConsumer(AsyncConsumer):
     """A consumer whose pushed frames take ``echo.ws.delivery``'s route where the layer allows:
     handlers run one at a time (``turn``), frames go out through ``sender`` (``make_sender``)."""
 
-    _sender: Sender | None = None
-    delivery: Delivery | None = None  # on this project's layer, once serving
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.turn = asyncio.Lock()
+        # What serving sets, set first here. CPython shares one table of attribute names among a class's
+        # instances, but stops adding names to it as more instances are made: while thousands connect
+        # at once, a name first set after an await gives every one of them a dict of its own (400
+        # bytes each). Subclasses set theirs in __init__ too.
+        self.channel_layer: Any = None
+        self.scope: dict[str, Any] = {}
+        self.base_send: Any = None
+        self._sender: Sender | None = None
+        self.channel_name = ""
+        self.delivery: Delivery | None = None  # on this project's layer, once serving
 
     @property
     def features(self) -> Capabilities:
