@@ -39,7 +39,7 @@ from tests.helpers.clients import next_echo
 from tests.helpers.event_loop import loop_turns
 from tests.helpers.processes import ROOT, start_server, stop, timeout
 from wsproject import server, uvicorn_ws, versions
-from wsproject.primitives import Flag, ReceiveQueue
+from wsproject.primitives import Flag, ReceiveQueue, Timer
 from wsproject.uvicorn_ws import BoundedWebSocketProtocol
 
 FORBIDDEN_IN_PRODUCTION = ("daphne", "twisted", "autobahn")
@@ -322,6 +322,44 @@ async def test_start_keepalive_is_called_once_after_the_handshake_response_is_wr
     await loop_turns()
     assert peer.app.received[1] == {"type": "websocket.receive", "text": "hello"}
     assert peer.app.received[-1]["type"] == "websocket.disconnect"
+
+
+def test_uvicorn_schedules_the_next_ping_in_schedule_ping_and_only_cancels_the_handle() -> None:
+    """Ours puts it on ``SecondTimers``, whose ``Timer`` has the one method uvicorn calls on it."""
+    body = inspect.getsource(WebSocketsSansIOProtocol.schedule_ping)
+    assert "self.ping_timer = self.loop.call_later(delay, self.send_keepalive_ping)" in body
+    assert "delay = max(0.0, self.ping_interval - self.last_ping_rtt)" in body
+    used = set(re.findall(r"self\.ping_timer\.(\w+)", UVICORN_PROTOCOL_SOURCE))
+    assert used == {"cancel"}, f"uvicorn now calls ping_timer.{used - {'cancel'}}, which Timer lacks"
+
+
+async def test_keepalive_pings_go_out_on_the_loops_second_timers_and_stop_with_the_socket(
+    peers: Any,
+) -> None:
+    peer = peers()
+    await peer.open()
+    protocol = peer.protocol
+    assert isinstance(protocol.ping_timer, Timer), "the first ping is not on SecondTimers"
+    protocol.ping_interval = 0.01
+    protocol.ping_timer.cancel()
+    protocol.schedule_ping()
+    pinged = asyncio.get_running_loop().create_future()
+    send_ping = protocol.conn.send_ping
+
+    def recording(data: bytes) -> None:
+        send_ping(data)
+        pinged.set_result(data)
+
+    protocol.conn.send_ping = recording
+    await asyncio.wait_for(pinged, 5)
+    assert [f.opcode for f in peer.frames()] == [Opcode.PING]
+    peer.client.send_pong(pinged.result())
+    peer.to_server()
+    await loop_turns()
+    assert isinstance(protocol.ping_timer, Timer), "the answer did not schedule the next ping"
+    timer = protocol.ping_timer
+    protocol.connection_lost(None)
+    assert timer.callback is None, "a lost connection keeps its ping scheduled"
 
 
 async def test_direct_send_text_writes_a_frame_only_while_open_and_writable(peers: Any) -> None:

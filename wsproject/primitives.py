@@ -1,16 +1,19 @@
 """Per-connection asyncio primitives that cost a few hundred bytes less than asyncio's own.
 
-The production server holds one receive queue and one "writable" event per WebSocket, for the
-connection's whole life. asyncio's ``Queue`` allocates four deques up front and ``Event`` one, each
-several hundred bytes even when empty, which adds up over tens of thousands of idle connections
-(docs/benchmarks.md: What an idle connection holds). These two do the same job for exactly what
-uvicorn's WebSocket protocol asks of them, and allocate storage only when it is used.
+The production server holds one receive queue, one "writable" event and one keepalive timer per
+WebSocket, for the connection's whole life. asyncio's ``Queue`` allocates four deques up front and
+``Event`` one, each several hundred bytes even when empty, and a loop timer is a handle plus (on
+uvloop) a libuv timer, about 400 bytes: that adds up over tens of thousands of idle connections
+(docs/benchmarks.md: What an idle connection holds). These do the same job for exactly what uvicorn's
+WebSocket protocol asks of them, and allocate storage only when it is used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
+import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -76,7 +79,7 @@ class Flag:
 
     def __init__(self) -> None:
         self._value = False
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
         return self._value
@@ -85,7 +88,7 @@ class Flag:
         if self._value:
             return
         self._value = True
-        for waiter in self._waiters:
+        for waiter in self._waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -97,9 +100,77 @@ class Flag:
         if self._value:
             return True
         waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(waiter)
         try:
             await waiter
             return True
         finally:
             self._waiters.remove(waiter)
+            if not self._waiters:
+                self._waiters = None
+
+
+class Timer:
+    """A callback that ``SecondTimers`` calls when it falls due, unless ``cancel()`` was called first."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback: Callable[[], object] | None = callback
+
+    def cancel(self) -> None:
+        self.callback = None
+
+
+class SecondTimers:
+    """``loop.call_later`` for timers that need be no more precise than the second, such as keepalive
+    pings: each one is a ``Timer`` in the list of the whole second it falls due in (rounded up), and
+    the loop holds one timer per second that has any, whatever the number of connections.
+
+    A cancelled ``Timer`` stays in its second's list until then: one per scheduling, never more.
+    """
+
+    __slots__ = ("_due",)
+
+    def __init__(self) -> None:
+        self._due: dict[int, list[Timer]] = {}
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        """Call ``callback()`` in ``delay`` seconds, or up to one second later."""
+        timer = Timer(callback)
+        loop = asyncio.get_running_loop()
+        second = math.ceil(loop.time() + delay)
+        timers = self._due.get(second)
+        if timers is None:
+            timers = self._due[second] = []
+            loop.call_at(second, self._fire, second)
+        timers.append(timer)
+        return timer
+
+    def _fire(self, second: int) -> None:
+        for timer in self._due.pop(second, ()):
+            callback, timer.callback = timer.callback, None
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception as exc:  # as the loop does for a callback of its own: report, go on
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": f"Exception in timer callback {callback!r}", "exception": exc}
+                )
+
+
+_second_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SecondTimers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def second_timers() -> SecondTimers:
+    """The running event loop's ``SecondTimers``."""
+    loop = asyncio.get_running_loop()
+    timers = _second_timers.get(loop)
+    if timers is None:
+        timers = _second_timers[loop] = SecondTimers()
+    return timers

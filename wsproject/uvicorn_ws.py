@@ -34,7 +34,7 @@ from echo.ops import metrics
 from echo.protocol import error_frame
 from echo.ws.connections import DIRECT_SEND_TEXT, DIRECT_WRITER, DirectWriter
 from wsproject import versions
-from wsproject.primitives import Flag, ReceiveQueue
+from wsproject.primitives import Flag, ReceiveQueue, second_timers
 
 logger = logging.getLogger(__name__)
 # websockets' own handshake log lines ("connection rejected (400 Bad Request)", no address): the
@@ -226,6 +226,13 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
             headers.clear()
         self.frame_setting = frame_setting(self.conn.extensions)
         super().start_keepalive()
+
+    def schedule_ping(self) -> None:
+        """uvicorn's, on the loop's ``SecondTimers`` (``wsproject/primitives.py``): the next keepalive
+        ping, due in ``ping_interval`` seconds, needs no loop timer of its own on every idle socket."""
+        assert self.ping_interval is not None
+        delay = max(0.0, self.ping_interval - self.last_ping_rtt)
+        self.ping_timer = second_timers().call_later(delay, self.send_keepalive_ping)  # type: ignore[assignment]
 
     def is_open(self) -> bool:
         """True from the handshake's response until either side starts closing: frames may be sent."""
