@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -152,8 +153,8 @@ def _check_data(data: Any) -> None:
 
 
 def topic_group(topic: str) -> str:
-    """The channel-layer group of a (validated) topic."""
-    return GROUP_PREFIX + topic
+    """The channel-layer group of a (validated) topic; interned, as every connection to it holds it."""
+    return sys.intern(GROUP_PREFIX + topic)
 
 
 def group_topic(group: str) -> str:

@@ -10,6 +10,7 @@ act on.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
@@ -83,7 +84,8 @@ def _topics(raw: str) -> tuple[str, ...]:
                 "bad_topics",
                 f"invalid topic {name[:60]!r}: 1-48 of a-z 0-9 _ -, starting with a letter or digit",
             )
-    unique = tuple(dict.fromkeys(names))
+    # Interned: thousands of connections to one topic hold one copy of its name.
+    unique = tuple(map(sys.intern, dict.fromkeys(names)))
     if len(unique) > MAX_TOPICS_PER_CONNECTION:
         raise ClientError(
             "too_many_topics", f"{len(unique)} topics; at most {MAX_TOPICS_PER_CONNECTION} per connection"
