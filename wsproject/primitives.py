@@ -25,14 +25,14 @@ class ReceiveQueue(Generic[T]):
 
     (uvicorn's connection has exactly one reader: the ASGI app's ``receive``.) The deque behind it is
     made when an item is put and dropped when the last is taken: a connection sits with an empty
-    queue nearly all of its life.
+    queue nearly all of its life. An item put while the reader waits goes straight to it.
     """
 
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
         self._items: collections.deque[T] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[T] | None = None
 
     def empty(self) -> bool:
         return not self._items
@@ -41,26 +41,30 @@ class ReceiveQueue(Generic[T]):
         return len(self._items) if self._items else 0
 
     def put_nowait(self, item: T) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)  # the queue is empty while its reader waits: straight to it
+            return
         if self._items is None:
             self._items = collections.deque()
         self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
-    async def get(self) -> T:
-        """Return the oldest item, waiting for one."""
-        while not self._items:
-            if self._waiter is not None:
-                raise RuntimeError("ReceiveQueue.get() is already being awaited by another task")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
+    def get(self) -> asyncio.Future[T]:
+        """A future of the oldest item: done at once if one is queued, else when one is put.
+
+        A future rather than a coroutine: a connection's reader waits for its next message with no
+        suspended frame of the queue's own.
+        """
+        if self._waiter is not None and not self._waiter.done():
+            raise RuntimeError("ReceiveQueue.get() is already being awaited by another task")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._items:
+            future.set_result(self._items.popleft())
+            if not self._items:
+                self._items = None
+        else:
+            self._waiter = future
+        return future
 
     def drop(self, unwanted: Callable[[T], bool]) -> int:
         """Remove the waiting items ``unwanted`` picks, keeping the others in order; return how many."""

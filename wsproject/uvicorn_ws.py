@@ -200,6 +200,17 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
             self.conn = ServerProtocol(extensions=[deflate], max_size=self.config.ws_max_size)
         self.conn.logger = quiet_websockets_logger
 
+    def receive(self) -> asyncio.Future[Any]:  # type: ignore[override]
+        """The app's ``receive``: uvicorn's, returning the queue's future rather than awaiting it in a
+        coroutine, so that an idle connection's app waits with no suspended frame of uvicorn's. As
+        uvicorn's, it resumes reading (paused at each message queued) once nothing is left queued.
+        """
+        message = cast(ReceiveQueue[Any], self.queue).get()
+        if self.read_paused and self.queue.empty():
+            self.read_paused = False
+            self.transport.resume_reading()
+        return message
+
     # ------------------------------------------------------------ the handshake
 
     def handle_connect(self, event: Request) -> None:
@@ -446,7 +457,8 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
     def _linger(self) -> None:
         """Called once the close frame is written: end the connection so that the client hears it.
 
-        Frames still waiting for the app are dropped; the write side is shut once the close frame
+        Frames queued for the app are dropped (one it was already handed, as it waited, still reaches
+        it); the write side is shut once the close frame
         is flushed (the client sees it, then the end of the stream, and closes its side: no input is
         left unread, so no reset); reading goes on, unparsed, within ``CLOSING_BYTES`` and
         ``CLOSING_SECONDS`` (or the shorter ``close_timeout`` of a shutdown), then the connection is
