@@ -54,7 +54,7 @@ class EchoConsumer(DeliveredWebsocketConsumer):
         self.relay = Relay(self.channel_layer, self.features, wants, self.sender, self.scope.get("client"))
         frames = await self.relay.start(self.channel_name)
         self.write_directly(self.relay.offer, self.relay.leave_lanes)
-        self.groups = [*self.relay.groups, *filter(None, [self.admission.identity_group])]
+        self.groups = (*self.relay.groups, *filter(None, [self.admission.identity_group]))
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept(accepted_protocol(self.scope))

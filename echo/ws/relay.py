@@ -90,7 +90,7 @@ class Relay:
         self, layer: Any, features: Capabilities, subscription: Subscription, sender: Sender, client: Any
     ) -> None:
         self.layer, self.features, self.sender, self.client = layer, features, sender, client
-        self.groups = [topic_group(topic) for topic in subscription.topics]
+        self.groups = tuple(topic_group(topic) for topic in subscription.topics)
         self.wants = subscription  # its history and max_rate
         self.streams: TopicStreams | None = None
         self.history_unavailable = False  # the last attempt to read history failed
