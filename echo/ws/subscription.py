@@ -24,7 +24,7 @@ MAX_RATE = 1000.0  # frames per second per topic: above this, conflation would n
 MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Subscription:
     """The topics a client follows, how much history it wants, and where it stands in each it has seen.
 
@@ -85,7 +85,7 @@ def _topics(raw: str) -> tuple[str, ...]:
                 f"invalid topic {name[:60]!r}: 1-48 of a-z 0-9 _ -, starting with a letter or digit",
             )
     # Interned: thousands of connections to one topic hold one copy of its name.
-    unique = tuple(map(sys.intern, dict.fromkeys(names)))
+    unique = tuple([sys.intern(name) for name in dict.fromkeys(names)])
     if len(unique) > MAX_TOPICS_PER_CONNECTION:
         raise ClientError(
             "too_many_topics", f"{len(unique)} topics; at most {MAX_TOPICS_PER_CONNECTION} per connection"
