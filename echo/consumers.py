@@ -61,7 +61,7 @@ class EchoConsumer(DeliveredWebsocketConsumer):
         if self.features.presence:
             self.admission.presence(self.channel_layer, wants.topics, "join")
         self.joined = True
-        connections.opened(self)
+        connections.opened()
         metrics.inc("ws_connections_total")
         await self.sender.send_batched(frames)
 
@@ -70,7 +70,8 @@ class EchoConsumer(DeliveredWebsocketConsumer):
         if self.joined and self.relay is not None:
             if self.features.presence:
                 self.admission.presence(self.channel_layer, self.relay.wants.topics, "leave")
-            connections.closed(self)
+            connections.closed()
+            self.joined = False
         self.admission.release()
 
     # ------------------------------------------------------------ client frames

@@ -127,7 +127,7 @@ class EventStreamConsumer(DeliveredHttpConsumer):
         if self.features.presence:
             self.admission.presence(self.channel_layer, wants.topics, "join")
         self.joined = True
-        connections.opened(self)
+        connections.opened()
         metrics.inc("sse_connections_total")
         await self.sender.send_batched(frames)
         streams = self.relay.streams
@@ -149,7 +149,7 @@ class EventStreamConsumer(DeliveredHttpConsumer):
         if self.joined and self.relay is not None:
             if self.features.presence:
                 self.admission.presence(self.channel_layer, self.relay.wants.topics, "leave")
-            connections.closed(self)
+            connections.closed()
             self.joined = False
         self.admission.release()
 

@@ -7,6 +7,7 @@ browser's ``EventSource`` would parse them. Servers, curl, nginx and Chromium: t
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +23,6 @@ from echo.layer.events import OVERFLOW_EVENT
 from echo.protocol import topic_group
 from echo.publishing import apublish
 from echo.sse import EventStreamConsumer
-from echo.ws import connections
 from tests.helpers.processes import timeout
 from wsproject.asgi import application
 
@@ -287,8 +287,8 @@ async def test_an_overflowing_stream_ends_so_that_the_browser_resumes_it(
     await stream.until(lambda s: any(e.type == "presence" for e in s.events))
     consumer = next(
         c
-        for c in list(connections._open)
-        if isinstance(c, EventStreamConsumer) and c.groups == [topic_group(topic)]
+        for c in gc.get_objects()
+        if isinstance(c, EventStreamConsumer) and c.joined and c.groups == [topic_group(topic)]
     )
     await layer.send(consumer.channel_name, {"type": OVERFLOW_EVENT, "dropped": 5})
     await stream.until(lambda s: s.ended)

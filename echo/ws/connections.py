@@ -24,18 +24,22 @@ class DirectWriter(NamedTuple):
     frame: Callable[[str], bytes]  # a text frame's bytes, made once per kind and text
 
 
-_open: set[object] = set()
+# A count, not a set of them: the server holds every connection already, and a set entry is bytes
+# more on each.
+_open = 0
 
 
-def opened(connection: object) -> None:
+def opened() -> None:
     """Called when a connection is accepted."""
-    _open.add(connection)
+    global _open
+    _open += 1
 
 
-def closed(connection: object) -> None:
-    """Called when a connection has closed."""
-    _open.discard(connection)
+def closed() -> None:
+    """Called once when a connection that ``opened()`` has closed."""
+    global _open
+    _open -= 1
 
 
 def count() -> int:
-    return len(_open)
+    return _open
