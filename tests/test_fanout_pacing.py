@@ -44,4 +44,4 @@ async def test_paced_channels_get_the_first_frame_then_the_newest_when_due_and_o
     fanout.leave("topic.a", "slow-1")
     fanout.forget("slow-2")
     assert "topic.a" not in fanout.paces
-    assert fanout.unpaced["topic.a"] == {"fast"}
+    assert fanout.groups["topic.a"] == {"fast"}

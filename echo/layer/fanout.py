@@ -108,7 +108,6 @@ class LocalFanout:
         self.channels: dict[str, Channel] = {}
         self.groups: dict[str, set[str]] = {}  # every local member, paced or not
         self.paces: dict[str, dict[float, Pace]] = {}  # group -> max_rate -> its paced members
-        self.unpaced: dict[str, set[str]] = {}  # group -> its members that are not paced
         self.lanes: dict[str, Lane] = {}  # group -> its lane (set_lane)
         self.collected: dict[str, list[Event]] = {}  # group -> events held back by collect()
         self.collected_count = 0
@@ -131,8 +130,6 @@ class LocalFanout:
             paces = self.paces.setdefault(group, {})
             pace = paces.get(channel.max_rate) or paces.setdefault(channel.max_rate, Pace(channel.max_rate))
             pace.names.add(name)
-        else:
-            self.unpaced.setdefault(group, set()).add(name)
         return len(members) == 1
 
     def leave(self, group: str, name: str) -> bool:
@@ -167,11 +164,6 @@ class LocalFanout:
         return emptied
 
     def _unpace(self, group: str, name: str, channel: Channel) -> None:
-        unpaced = self.unpaced.get(group)
-        if unpaced is not None:
-            unpaced.discard(name)
-            if not unpaced:
-                del self.unpaced[group]
         paces = self.paces.get(group)
         pace = paces.get(channel.max_rate) if paces is not None and channel.max_rate is not None else None
         if paces is None or pace is None:
@@ -232,8 +224,8 @@ class LocalFanout:
         if paces is None:
             self.deliver(members, events)
             return
-        unpaced = self.unpaced.get(group, set())
-        unpaced = unpaced - taken if taken else unpaced
+        # Made here, not kept: a second set of every member would cost each idle connection bytes more.
+        unpaced = set(members).difference(*(pace.names for pace in paces.values()))
         for event in events:  # rare: a group with paced members takes its events one at a time
             if "seq" not in event:  # only numbered (data) events are paced
                 self.deliver(members, (event,))
