@@ -54,8 +54,8 @@ def browser_origin_validator(application: ASGIApp) -> ASGIApp:
     validator = AllowedHostsOriginValidator(application)  # its valid_origin decides
 
     def app(scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
-        # Returns the chosen app's coroutine rather than awaiting it (as Channels' validator would):
-        # one suspended frame fewer held for every connection's whole life.
+        # Returns the chosen app's coroutine where Channels' validator awaits it: one suspended frame
+        # fewer held for every connection's whole life.
         if _allowed(validator, scope):
             return application(scope, receive, send)
         return WebsocketDenier()(scope, receive, send)

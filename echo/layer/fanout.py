@@ -61,9 +61,8 @@ class Channel:
         # all the time. Taking from the front is rare (consumers take all at once) and bounded.
         self.events: list[Event] = []
         self.waiter: asyncio.Future[None] | None = None
-        self.groups: tuple[
-            str, ...
-        ] = ()  # a tuple: a channel is in one or two groups, an empty set is 216 bytes
+        # A tuple: a channel is in one group or a few, and an empty set alone is 216 bytes.
+        self.groups: tuple[str, ...] = ()
         self.max_rate: float | None = None  # paced: numbered events at most this often per group
 
     def put(self, event: Event) -> None:

@@ -163,6 +163,7 @@ class DeliveredWebsocketConsumer(DeliveredConsumer, AsyncWebsocketConsumer):
         await self.sender.close(code, reason)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Channels', without its ``aclose_old_connections()`` (the module's docstring says why)."""
         for group in self.groups:
             await self.channel_layer.group_discard(group, self.channel_name)
         await self.disconnect(message["code"])
