@@ -71,7 +71,7 @@ class Lane:
         """Called by the layer with a run of the group's events: written to every member if it simply
         continues the lane (the names of the members, which the layer then skips); else the lane is
         dissolved and None returned, so that every member gets the run the usual way."""
-        run = self._continuation(events)
+        run = continuation(events, self.group, self.epoch, self.seq, unnumbered=True)
         if run is None:
             self.dissolve()
             return None
@@ -91,25 +91,6 @@ class Lane:
         hot_counts.frames_out += len(names)
         hot_counts.messages_relayed += relayed * len(names)
         return names
-
-    def _continuation(self, events: Events) -> tuple[str, str | None, int] | None:
-        """The run's frame text and the position it ends at, if it simply continues the lane; else None."""
-        epoch, seq = self.epoch, self.seq
-        texts = []
-        for event in events:
-            if event["type"] != RELAY_EVENT:
-                return None
-            if "seq" in event:  # unnumbered frames (presence counts) go to everyone, in place
-                if event["group"] != self.group or event["seq"] != seq + 1:
-                    return None
-                if event["epoch"] != epoch:
-                    if epoch is not None or seq != 0:
-                        return None
-                    epoch = event["epoch"]  # the first frame of a stream that did not exist yet
-                seq += 1
-            texts.append(event["text"])
-        text = texts[0] if len(texts) == 1 else "\n".join(texts)
-        return (text, epoch, seq) if len(text) <= BATCH_CHARS else None
 
     def dissolve(self) -> None:
         """Let every member go, each with the lane's position, and close the lane."""
@@ -174,3 +155,29 @@ def lanes_of(layer: Any) -> Lanes:
     if found is None:
         found = _lanes[layer] = Lanes(layer)
     return found
+
+
+def continuation(
+    events: Sequence[Mapping[str, Any]], group: str, epoch: str | None, seq: int, *, unnumbered: bool
+) -> tuple[str, str | None, int] | None:
+    """The events' texts newline-joined and the position they end at, if they are relay frames that
+    simply continue ``group``'s stream from ``(epoch, seq)`` (``(None, 0)``: from before its first
+    frame) and fit in one batch; else None. ``unnumbered`` lets frames without a position (presence
+    counts) in, in place."""
+    texts = []
+    for event in events:
+        if event["type"] != RELAY_EVENT:
+            return None
+        if "seq" in event:
+            if event["group"] != group or event["seq"] != seq + 1:
+                return None
+            if event["epoch"] != epoch:
+                if epoch is not None or seq != 0:
+                    return None
+                epoch = event["epoch"]  # the first frame of a stream that did not exist yet
+            seq += 1
+        elif not unnumbered:
+            return None
+        texts.append(event["text"])
+    text = texts[0] if len(texts) == 1 else "\n".join(texts)
+    return (text, epoch, seq) if len(text) <= BATCH_CHARS else None

@@ -19,8 +19,8 @@ from echo.layer.capabilities import Capabilities
 from echo.ops import metrics
 from echo.ops.metrics import hot_counts
 from echo.protocol import RELAY_EVENT, group_topic, reset_frame, topic_group, warning_frame
-from echo.ws.lanes import Lanes, lanes_of
-from echo.ws.sending import BATCH_CHARS, Sender
+from echo.ws.lanes import Lanes, continuation, lanes_of
+from echo.ws.sending import Sender
 from echo.ws.streams import TopicStreams, Verdict
 from echo.ws.subscription import Subscription
 
@@ -51,19 +51,8 @@ class Runs:
         first = events[0]
         if "seq" not in first:
             return None
-        group, epoch, seq = first["group"], first["epoch"], first["seq"]
-        texts = []
-        for offset, event in enumerate(events):
-            if (
-                event["type"] != RELAY_EVENT
-                or event.get("seq") != seq + offset
-                or event["epoch"] != epoch
-                or event["group"] != group
-            ):
-                return None
-            texts.append(event["text"])
-        joined = "\n".join(texts)
-        return joined if len(joined) <= BATCH_CHARS else None
+        run = continuation(events, first["group"], first["epoch"], first["seq"] - 1, unnumbered=False)
+        return run[0] if run is not None else None
 
 
 runs = Runs()  # one event loop per server process: one run fanned out at a time
