@@ -112,6 +112,11 @@ class PreparedFrames:
 prepared = PreparedFrames()  # one event loop per server process: one message fanned out at a time
 
 
+def plain_frame(text: str) -> bytes:
+    """A text frame's bytes on a socket with no extension: one function for all of them."""
+    return prepared.frame(text, (), [])
+
+
 def refusal() -> str | None:
     """Called by the production server before it starts: why it must not (untested versions), or None."""
     return versions.refusal(TESTED, "wsproject/uvicorn_ws.py")
@@ -295,7 +300,7 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
         if setting is None or not self._takes_frames_now():
             return None
         self._writer_lost = on_lost
-        return DirectWriter(self.transport.write, setting, self._frame)
+        return DirectWriter(self.transport.write, setting, plain_frame if setting == () else self._frame)
 
     def _frame(self, text: str) -> bytes:
         return prepared.frame(text, self.frame_setting, self.conn.extensions)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import parse_qs
 
 from echo.errors import ClientError
@@ -24,6 +26,10 @@ MAX_RATE = 1000.0  # frames per second per topic: above this, conflation would n
 MAX_SEQ = 2**53  # the largest integer every JSON client can hold exactly
 
 
+# A client that has seen nothing yet (most of them): one empty mapping for all.
+NO_POSITIONS: Mapping[str, Position] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Subscription:
     """The topics a client follows, how much history it wants, and where it stands in each it has seen.
@@ -34,7 +40,7 @@ class Subscription:
 
     topics: tuple[str, ...] = (DEFAULT_TOPIC,)
     history: int = 0
-    since: dict[str, Position] = field(default_factory=dict)
+    since: Mapping[str, Position] = field(default_factory=lambda: NO_POSITIONS)
     max_rate: float | None = None  # live frames per second per topic, at most (echo.layer.conflation)
 
 
@@ -57,7 +63,7 @@ def parse_subscription(
             raise ClientError("bad_query", f"'{name}' given more than once")
     topics = _topics(params["topics"][0]) if "topics" in params else (DEFAULT_TOPIC,)
     history = _history(params["history"][0], max_history) if "history" in params else default_history
-    since = _since(params["since"][0], topics) if "since" in params else {}
+    since = _since(params["since"][0], topics) if "since" in params else NO_POSITIONS
     if last_event_id:
         try:
             since = _since(last_event_id.decode("ascii"), topics)
