@@ -207,8 +207,8 @@ class BoundedWebSocketProtocol(SlottedWebSocketsSansIOProtocol):
 
     def receive(self) -> asyncio.Future[Any]:  # type: ignore[override]
         """The app's ``receive``: uvicorn's, returning the queue's future rather than awaiting it in a
-        coroutine, so that an idle connection's app waits with no suspended frame of uvicorn's. As
-        uvicorn's, it resumes reading (paused at each message queued) once nothing is left queued.
+        coroutine, so that an idle connection's app waits with no suspended frame of uvicorn's. Reading
+        (paused at each message queued) resumes when the app asks for more and nothing is left queued.
         """
         message = cast(ReceiveQueue[Any], self.queue).get()
         if self.read_paused and self.queue.empty():
