@@ -129,8 +129,7 @@ class ProjectEnvironment:
     @contextlib.contextmanager
     def open(cls) -> Iterator[ProjectEnvironment]:
         """Find (or embed) Redis like devenv does, collect static files, and yield the environment."""
-        static_root = tempfile.mkdtemp(prefix="bench-static-")
-        with devenv.redis_url() as url:
+        with tempfile.TemporaryDirectory(prefix="bench-static-") as static_root, devenv.redis_url() as url:
             env = {
                 **os.environ,
                 "REDIS_URL": url,
