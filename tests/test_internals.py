@@ -38,6 +38,7 @@ from echo.ws.connections import DIRECT_SEND_TEXT
 from tests.helpers.clients import next_echo
 from tests.helpers.event_loop import loop_turns
 from tests.helpers.processes import ROOT, start_server, stop, timeout
+from tests.helpers.source import body_statements
 from wsproject import server, uvicorn_ws, versions
 from wsproject.primitives import Flag, ReceiveQueue, Timer
 from wsproject.uvicorn_ws import BoundedWebSocketProtocol
@@ -491,9 +492,7 @@ async def test_connection_lost_after_pause_writing_cancels_the_stall_timer(peers
 
 def test_uvicorns_receive_takes_from_the_queue_and_resumes_reading_once_it_is_empty() -> None:
     """Ours returns the queue's future instead of awaiting it: nothing else may be missing."""
-    body = inspect.getsource(WebSocketsSansIOProtocol.receive)
-    statements = [line.strip() for line in body.splitlines() if line.strip()][1:]
-    assert statements == [
+    assert body_statements(WebSocketsSansIOProtocol.receive) == [
         "message = await self.queue.get()",
         "if self.read_paused and self.queue.empty():",
         "self.read_paused = False",

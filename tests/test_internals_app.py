@@ -31,6 +31,7 @@ from echo.layer import redis_target
 from echo.layer.redis_target import BlockingSentinelConnectionPool
 from echo.ops import metrics
 from echo.ws import runtime
+from tests.helpers.source import body_statements
 from wsproject import versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,9 +102,7 @@ def test_channels_call_sets_what_serve_sets_and_ends_on_stop_consumer() -> None:
 
 def test_channels_dispatch_is_handler_lookup_plus_closing_old_connections() -> None:
     """Our ``dispatch`` is Channels' without ``aclose_old_connections()``: nothing else may be missing."""
-    body = inspect.getsource(AsyncConsumer.dispatch).split('"""')[-1]
-    statements = [line.strip() for line in body.splitlines() if line.strip()]
-    assert statements == [
+    assert body_statements(AsyncConsumer.dispatch) == [
         "handler = getattr(self, get_handler_name(message), None)",
         "if handler:",
         "await aclose_old_connections()",
@@ -116,9 +115,7 @@ def test_channels_dispatch_is_handler_lookup_plus_closing_old_connections() -> N
 
 def test_channels_protocol_type_router_awaits_the_application_its_mapping_names() -> None:
     """``FlatProtocolTypeRouter`` returns what Channels' awaits: nothing else may be missing."""
-    body = inspect.getsource(ProtocolTypeRouter.__call__)
-    statements = [line.strip() for line in body.splitlines() if line.strip()][1:]
-    assert statements == [
+    assert body_statements(ProtocolTypeRouter.__call__) == [
         'if scope["type"] in self.application_mapping:',
         'application = self.application_mapping[scope["type"]]',
         "return await application(scope, receive, send)",
@@ -133,9 +130,7 @@ def test_channels_protocol_type_router_awaits_the_application_its_mapping_names(
 def test_channels_websocket_disconnect_leaves_self_groups_then_calls_disconnect() -> None:
     """Ours is Channels' without ``aclose_old_connections()``: nothing else may be missing. The consumer
     puts its identity group in ``self.groups`` so that it is left on close."""
-    body = inspect.getsource(AsyncWebsocketConsumer.websocket_disconnect).split('"""')[-1]
-    statements = [line.strip() for line in body.splitlines() if line.strip()]
-    assert statements == [
+    assert body_statements(AsyncWebsocketConsumer.websocket_disconnect) == [
         "try:",
         "for group in self.groups:",
         "await self.channel_layer.group_discard(group, self.channel_name)",
