@@ -35,6 +35,14 @@ async def two_processes():
     await second.flush()
 
 
+def test_redis_replies_are_parsed_by_the_pinned_hiredis() -> None:
+    """requirements.txt pins hiredis so that redis-py parses every reply in C. redis-py ignores a
+    hiredis it does not accept (older than 3.2) and parses in Python, saying nothing: this says it."""
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE
+
+
 async def test_group_send_reaches_members_in_every_process_once(two_processes) -> None:
     first, second = two_processes
     a1, a2 = await first.new_channel(), await first.new_channel()
