@@ -15,13 +15,15 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import prometheus_client
 import pytest
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.routing import ProtocolTypeRouter
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.urls import Resolver404, path, re_path
 from packaging.utils import canonicalize_name
 from prometheus_client import multiprocess
 from redis.asyncio.connection import BlockingConnectionPool
@@ -125,6 +127,90 @@ def test_channels_protocol_type_router_awaits_the_application_its_mapping_names(
         ")",
     ]
     assert ProtocolTypeRouter({}).application_mapping == {}
+
+
+def test_channels_url_router_matches_its_routes_and_awaits_the_match_with_a_copied_scope() -> None:
+    """``FlatURLRouter`` returns what Channels' awaits: nothing else may be missing."""
+    assert [line for line in body_statements(URLRouter.__call__) if not line.startswith("#")] == [
+        'path = scope.get("path_remaining", scope.get("path", None))',
+        "if path is None:",
+        "raise ValueError(\"No 'path' key in connection scope, cannot route URLs\")",
+        'if "path_remaining" not in scope:',
+        'root_path = scope.get("root_path", "")',
+        "if root_path and not path.startswith(root_path):",
+        'raise ValueError("No route found for path %r." % path)',
+        "path = path[len(root_path) :]",
+        'path = path.lstrip("/")',
+        "for route in self.routes:",
+        "try:",
+        "match = route.pattern.match(path)",
+        "if match:",
+        "new_path, args, kwargs = match",
+        "kwargs.update(route.default_args)",
+        'outer = scope.get("url_route", {})',
+        "application = route.callback",
+        "return await application(",
+        "dict(",
+        "scope,",
+        "path_remaining=new_path,",
+        "url_route={",
+        '"args": outer.get("args", ()) + args,',
+        '"kwargs": {**outer.get("kwargs", {}), **kwargs},',
+        "},",
+        "),",
+        "receive,",
+        "send,",
+        ")",
+        "except Resolver404:",
+        "pass",
+        "else:",
+        'if "path_remaining" in scope:',
+        'raise Resolver404("No route found for path %r." % path)',
+        'raise ValueError("No route found for path %r." % path)',
+    ]
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        {"type": "websocket", "path": "/ws/echo/"},
+        {"type": "websocket", "path": "/ws/echo/", "root_path": "/ws"},
+        {"type": "websocket", "path": "/app/ws/echo/", "root_path": "/app"},
+        {"type": "websocket", "path": "/room/42/"},
+        {"type": "websocket", "path": "/nested/inner/7/"},
+        {"type": "websocket", "path": "/nowhere/"},
+        {"type": "websocket", "path": "/app/ws/echo/", "root_path": "/elsewhere"},
+        {"type": "websocket"},
+    ],
+)
+async def test_flat_url_router_routes_as_channels_does_and_returns_the_applications_coroutine(
+    scope: dict[str, Any],
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> dict[str, Any]:
+        return scope
+
+    def routes(router: type[URLRouter]) -> URLRouter:
+        inner = router([re_path(r"^inner/(?P<n>[0-9]+)/$", app)])
+        return router(
+            [
+                path("ws/echo/", app),
+                re_path(r"^room/(?P<room>[0-9]+)/$", app, {"default": "yes"}),
+                path("nested/", inner),
+            ]
+        )
+
+    async def seen(router: URLRouter) -> Any:
+        try:
+            return await router(dict(scope), None, None)
+        except (ValueError, Resolver404) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    flat = routes(runtime.FlatURLRouter)
+    assert await seen(flat) == await seen(routes(URLRouter))
+    if isinstance(await seen(flat), dict):  # routed: the router's own frame is gone
+        routed = flat(dict(scope), None, None)
+        assert routed.cr_code is app.__code__
+        routed.close()
 
 
 def test_channels_websocket_disconnect_leaves_self_groups_then_calls_disconnect() -> None:

@@ -10,14 +10,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "wsproject.settings")
 # Build the Django HTTP app first: it sets Django up, which the imports below rely on.
 django_asgi_app = get_asgi_application()
 
-from channels.routing import URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
 from echo.consumers import EchoConsumer  # noqa: E402
 from echo.ops.probes import with_probes  # noqa: E402
 from echo.routing import websocket_urlpatterns  # noqa: E402
 from echo.sse import EventStreamConsumer  # noqa: E402
-from echo.ws.runtime import FlatProtocolTypeRouter  # noqa: E402
+from echo.ws.runtime import FlatProtocolTypeRouter, FlatURLRouter  # noqa: E402
 from wsproject.origin import browser_origin_http_validator, browser_origin_validator  # noqa: E402
 
 # The app's /ws/echo/, and the site root for the original tutorial's page, which connects there.
@@ -28,7 +27,7 @@ event_stream_routes = [path("events/", browser_origin_http_validator(EventStream
 
 application = FlatProtocolTypeRouter(
     {
-        "http": with_probes(URLRouter([*event_stream_routes, re_path("", django_asgi_app)])),
-        "websocket": browser_origin_validator(URLRouter(websocket_routes)),
+        "http": with_probes(FlatURLRouter([*event_stream_routes, re_path("", django_asgi_app)])),
+        "websocket": browser_origin_validator(FlatURLRouter(websocket_routes)),
     }
 )

@@ -16,7 +16,9 @@ Every Channels internal the project relies on is in this module, with a contract
   closes otherwise queues behind one thread;
 * ``base_send`` (set by Channels' ``__call__``) is what ``Sender`` sends through on Channels' loop;
 * ``ProtocolTypeRouter.__call__`` picks from ``application_mapping``; ``FlatProtocolTypeRouter`` returns
-  the chosen application's coroutine instead of awaiting it (as ``as_asgi``'s app does).
+  the chosen application's coroutine instead of awaiting it (as ``as_asgi``'s app does);
+* ``URLRouter.__call__`` matches ``routes`` against the path; ``FlatURLRouter`` does the same and also
+  returns the matched application's coroutine.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from channels.routing import ProtocolTypeRouter
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.urls import Resolver404
 
 from echo.layer.capabilities import Capabilities, capabilities
 from echo.ws.connections import DIRECT_SEND_TEXT, DIRECT_WRITER
@@ -203,3 +206,45 @@ class FlatProtocolTypeRouter(ProtocolTypeRouter):
         if application is None:
             raise ValueError(f"No application configured for scope type {scope['type']!r}")
         return application(scope, receive, send)
+
+
+class FlatURLRouter(URLRouter):
+    """Channels' ``URLRouter`` that returns the matched application's coroutine rather than awaiting it
+    in a coroutine of its own: one suspended frame fewer (about 450 bytes) for every connection's life.
+
+    The matching, the scope it passes on (a copy, with ``path_remaining`` and ``url_route``) and the
+    errors are Channels'. One difference: a ``Resolver404`` that a nested router raises only once
+    awaited escapes instead of trying the next route; nest ``FlatURLRouter``s, which raise it when called.
+    """
+
+    @markcoroutinefunction
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        path = scope.get("path_remaining", scope.get("path"))
+        if path is None:
+            raise ValueError("No 'path' key in connection scope, cannot route URLs")
+        if "path_remaining" not in scope:
+            # The outermost router: the path must start with root_path, which is not matched.
+            root_path = scope.get("root_path", "")
+            if root_path and not path.startswith(root_path):
+                raise ValueError(f"No route found for path {path!r}.")
+            path = path[len(root_path) :]
+        path = path.lstrip("/")  # as Django matches
+        for route in self.routes:
+            try:
+                match = route.pattern.match(path)
+                if match:
+                    new_path, args, kwargs = match
+                    kwargs.update(route.default_args)
+                    outer = scope.get("url_route", {})
+                    url_route = {
+                        "args": outer.get("args", ()) + args,
+                        "kwargs": {**outer.get("kwargs", {}), **kwargs},
+                    }
+                    return route.callback(
+                        dict(scope, path_remaining=new_path, url_route=url_route), receive, send
+                    )
+            except Resolver404:
+                pass
+        if "path_remaining" in scope:
+            raise Resolver404(f"No route found for path {path!r}.")
+        raise ValueError(f"No route found for path {path!r}.")
