@@ -26,6 +26,7 @@ import websockets
 from django.conf import settings
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
@@ -34,6 +35,7 @@ from websockets.http11 import Response
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
+import wsproject.asgi
 from echo.ws.connections import DIRECT_SEND_TEXT
 from tests.helpers.clients import next_echo
 from tests.helpers.event_loop import loop_turns
@@ -189,6 +191,52 @@ def test_uvicorn_takes_the_protocol_class_by_import_string_with_the_servers_opti
     config = uvicorn.Config(server.APPLICATION, **server.options("127.0.0.1", 0, 1))
     config.load()
     assert config.ws_protocol_class is BoundedWebSocketProtocol, "uvicorn.Config(ws=...) no longer imports it"
+
+
+def test_uvicorn_loads_the_application_behind_our_proxy_headers_middleware_only() -> None:
+    config = uvicorn.Config(server.APPLICATION, **server.options("127.0.0.1", 0, 1))
+    config.load()
+    assert isinstance(config.loaded_app, uvicorn_ws.FlatProxyHeadersMiddleware)
+    assert config.interface == "asgi3", "uvicorn no longer sees the flat __call__ as a coroutine function"
+    assert config.loaded_app.app is wsproject.asgi.application  # uvicorn's own middleware is off
+
+
+@pytest.mark.parametrize(
+    ("client", "headers", "rewritten"),
+    [
+        # A trusted proxy (FORWARDED_ALLOW_IPS) says who the client is and how it connected.
+        (("127.0.0.1", 5000), [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")],
+         {"client": ("203.0.113.7", 0), "scheme": "wss"}),
+        # Anyone else is not believed.
+        (("198.51.100.1", 5000), [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")],
+         {"client": ("198.51.100.1", 5000), "scheme": "ws"}),
+        # Nothing forwarded: nothing changes.
+        (("127.0.0.1", 5000), [], {"client": ("127.0.0.1", 5000), "scheme": "ws"}),
+    ],
+)  # fmt: skip
+def test_uvicorns_proxy_headers_rewrite_the_scope_in_place_in_one_step_as_ours_returns_the_app(
+    client: tuple[str, int], headers: list[tuple[bytes, bytes]], rewritten: dict[str, Any]
+) -> None:
+    """FlatProxyHeadersMiddleware runs uvicorn's __call__ to its end on the scope: uvicorn's must
+    change the scope in place and wait for nothing before its application."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        pass
+
+    def scope() -> dict[str, Any]:
+        return {"type": "websocket", "scheme": "ws", "client": client, "headers": headers}
+
+    theirs = scope()
+    step = ProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")(theirs, None, None)
+    with pytest.raises(StopIteration):
+        step.send(None)  # ended in one step
+    assert {key: theirs[key] for key in rewritten} == rewritten
+
+    ours = scope()
+    returned = uvicorn_ws.FlatProxyHeadersMiddleware(app, trusted_hosts="127.0.0.1")(ours, None, None)
+    assert returned.cr_code is app.__code__  # the application's own coroutine, not a wrapper's
+    returned.close()
+    assert ours == theirs
 
 
 def test_uvicorn_server_closes_connections_through_their_shutdown_then_waits_for_them() -> None:
@@ -996,7 +1044,7 @@ async def empty_http_app(scope: dict[str, Any], receive: Any, send: Any) -> None
 
 
 def http_protocol() -> tuple[uvicorn_ws.BoundedHttpProtocol, FakeTransport]:
-    config = uvicorn.Config(empty_http_app, **{**server.options("127.0.0.1", 0, 1), "log_config": None})
+    config = uvicorn.Config(empty_http_app, **{**server.options("127.0.0.1", 0, 1), "factory": False})
     config.load()
     protocol = uvicorn_ws.BoundedHttpProtocol(config=config, server_state=ServerState(), app_state={})
     transport = FakeTransport()
@@ -1040,7 +1088,7 @@ async def test_shutdown_ends_a_streaming_response_and_the_app_hears_disconnect()
             pass
         heard.append(message["type"])
 
-    config = uvicorn.Config(streaming_app, **{**server.options("127.0.0.1", 0, 1), "log_config": None})
+    config = uvicorn.Config(streaming_app, **{**server.options("127.0.0.1", 0, 1), "factory": False})
     config.load()
     protocol = uvicorn_ws.BoundedHttpProtocol(config=config, server_state=ServerState(), app_state={})
     transport = FakeTransport()

@@ -36,7 +36,8 @@ PROGRAM = "wsproject.server"
 # first client, and uvicorn's workers race to accept() on one socket (the split is uneven), where nginx's
 # least_conn balances replicas by open connections and each replica restarts on its own.
 MAX_AUTO_WORKERS = 4
-APPLICATION = "wsproject.asgi:application"
+# uvicorn calls it in each worker (its "factory"): wsproject.asgi's application behind the proxies' headers.
+APPLICATION = "wsproject.server:application"
 # uvicorn imports the protocol class by this name in each worker: its supported extension point.
 WS_PROTOCOL = "wsproject.uvicorn_ws:BoundedWebSocketProtocol"
 HTTP_PROTOCOL = "wsproject.uvicorn_ws:BoundedHttpProtocol"
@@ -57,14 +58,24 @@ def options(host: str, port: int, workers: int) -> dict[str, Any]:
         "ws_ping_interval": 20.0,
         "ws_ping_timeout": 20.0,
         "ws_per_message_deflate": False,
-        "proxy_headers": True,
-        "forwarded_allow_ips": os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        "factory": True,
+        # Read by the application's own FlatProxyHeadersMiddleware instead (application()).
+        "proxy_headers": False,
         "access_log": False,
         "lifespan": "off",
         # Beyond WS_SHUTDOWN_SECONDS for the 1001 close handshakes: what is left after this is dropped.
         "timeout_graceful_shutdown": 5,
         "log_config": None,
     }
+
+
+def application() -> Any:
+    """What each worker serves: the project's ASGI application behind the client address and scheme
+    that the proxies in ``FORWARDED_ALLOW_IPS`` (default 127.0.0.1, as uvicorn's) forward."""
+    from wsproject.asgi import application as project  # sets Django up: in the worker, when uvicorn asks
+
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    return uvicorn_ws.FlatProxyHeadersMiddleware(project, trusted_hosts=trusted)
 
 
 def available_cpus() -> int:

@@ -1,4 +1,5 @@
-"""Everything the production server does inside uvicorn: its WebSocket and HTTP protocols, subclassed.
+"""Everything the production server does inside uvicorn: its WebSocket and HTTP protocols, subclassed,
+and its proxy-headers middleware, flattened.
 
 uvicorn takes its protocol classes by import string (``Config(ws="wsproject.uvicorn_ws:...",
 http="wsproject.uvicorn_ws:...")``): its supported way to bring your own. The subclasses override a
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Set
+from collections.abc import Awaitable, Callable, Set
 from typing import Any, ClassVar, cast
 
+from asgiref.sync import markcoroutinefunction
 from django.conf import settings
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -656,3 +659,35 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         )
         self.transport.close()
+
+
+async def _nothing(scope: Any, receive: Any, send: Any) -> None:
+    """The application of ``FlatProxyHeadersMiddleware``'s rewriter: done at once."""
+
+
+class FlatProxyHeadersMiddleware(ProxyHeadersMiddleware):
+    """uvicorn's proxy-headers middleware (the client's address and scheme from ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto``, from trusted proxies only), returning the application's coroutine rather
+    than awaiting it in a coroutine of its own: one suspended frame fewer (about 450 bytes) for every
+    connection's life. uvicorn's own is off (``proxy_headers=False``); the server wraps the application
+    in this one (``wsproject.server.application``).
+
+    The rewriting is uvicorn's, run to its end: its ``__call__`` changes the scope in place, then
+    awaits its application, here one that returns at once. Were a uvicorn to wait for anything
+    before that, the rewrite would not end in one step, and every connection would fail loudly
+    (``tests/test_internals.py`` checks that it ends).
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], trusted_hosts: list[str] | str) -> None:
+        super().__init__(app, trusted_hosts)
+        self.rewriter = ProxyHeadersMiddleware(_nothing, trusted_hosts)
+
+    @markcoroutinefunction
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:  # type: ignore[override]
+        rewriting = self.rewriter(scope, receive, send)
+        try:
+            rewriting.send(None)
+        except StopIteration:
+            return self.app(scope, receive, send)
+        rewriting.close()
+        raise RuntimeError("uvicorn's ProxyHeadersMiddleware waited before calling its application")
