@@ -7,10 +7,10 @@ measured five times, each on a freshly started server:
 * the plain ``websockets`` baseline and the project's server (``bench.servers.running``), each with
   the bench's Python clients (``bench.scenarios.fanout``) and with the Node.js ``ws`` client
   (``bench/node/fanout-client.mjs``, the clients split over two processes);
-* with ``auto=True`` (issue 23: the quick and full profiles), the project once more in the
-  configuration ``make serve`` runs (``WEB_CONCURRENCY=auto``: one worker per available CPU,
-  capped), with both clients, as rows of server ``project_auto``, so that one worker and the default
-  can be compared in the same run;
+* with ``auto=True`` (issue 23: the quick and full profiles), the project also in the configuration
+  ``make serve`` runs (``WEB_CONCURRENCY=auto``: one worker per available CPU, capped), with both
+  clients, as rows of server ``project_auto``, so that one worker and the default can be compared in
+  the same run: each of the two twice, in the order one worker, default, default, one worker;
 * Socket.IO 4 with its Redis adapter (``bench/node/socketio-server.mjs``), published to with
   ``@socket.io/redis-emitter`` (``bench/node/socketio-emitter.mjs``) and measured with
   ``socket.io-client`` (the same fan-out client, ``--kind socketio``).
@@ -260,20 +260,33 @@ def cell(
     grace: float,
     auto: bool = False,
 ) -> Result:
-    """One ``clients`` x ``rate`` cell: five rows (server x client implementation), each on a fresh server,
-    and two more with ``auto`` (make serve's ``WEB_CONCURRENCY=auto``, unless ``spec`` is that already)."""
+    """One ``clients`` x ``rate`` cell: five rows (server x client implementation), each on a fresh server.
+
+    With ``auto`` (make serve's ``WEB_CONCURRENCY=auto``, unless ``spec`` is that already), the project
+    is measured in both configurations twice, in the order one worker, default, default, one worker
+    (``run`` 1 and 2 of each): one run of each differs from the next by as much as the two differ
+    (CPU per delivery moved 10 % between runs of one setup), and a drift over the minutes of the
+    cell falls on both alike. The targets take each configuration's mean (``targets.runs_mean``).
+    """
     rows: list[Result] = []
-    sides = [("baseline", ServerSpec("baseline")), ("project", spec)]
+    sides = [("baseline", ServerSpec("baseline"), 0), ("project", spec, 0)]
     if auto and spec != AUTO_SPEC:
-        sides.append((PROJECT_AUTO, AUTO_SPEC))
-    for side, side_spec in sides:
+        sides = [
+            sides[0],
+            ("project", spec, 1),
+            (PROJECT_AUTO, AUTO_SPEC, 1),
+            (PROJECT_AUTO, AUTO_SPEC, 2),
+            ("project", spec, 2),
+        ]
+    for side, side_spec, run in sides:
+        label = side_spec.label() + (f", run {run}" if run else "")
         for client in (PYTHON, NODE_WS):
             with running(side_spec, project) as server:
                 if client == PYTHON:
                     result = scenarios.fanout(server, load, clients, rate, seconds, grace)
                 else:
                     result = node_fanout(server, clients, rate, seconds, grace)
-            rows.append({"server": side, "label": side_spec.label(), "client": client, **with_cost(result)})
+            rows.append({"server": side, "label": label, "client": client, "run": run, **with_cost(result)})
     with running_socketio(project) as peer:
         result = node_fanout(peer, clients, rate, seconds, grace, kind="socketio")
     peer_row = {"server": "socketio", "label": peer.spec.label(), "client": SOCKETIO_CLIENT}
@@ -293,11 +306,6 @@ def measure(
     """Every ``(clients, rate)`` cell of ``sizes``; ``node`` and its packages are checked first."""
     check_node()
     return [cell(project, spec, load, clients, rate, seconds, grace, auto) for clients, rate in sizes]
-
-
-def row(found: Result, server: str, client: str) -> Result | None:
-    """The row of one cell measured on ``server`` with ``client``, if there is one."""
-    return next((r for r in found["rows"] if r["server"] == server and r["client"] == client), None)
 
 
 def summary(found: Result) -> str:

@@ -7,6 +7,8 @@ Run results are the dict ``bench.__main__`` builds: each scenario holds a ``base
 from __future__ import annotations
 
 import math
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +232,24 @@ def connection_verdicts(idle: dict[str, Any] | None, burst: dict[str, Any] | Non
     return verdicts
 
 
+def runs_mean(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One server's rows for one client implementation as one row: the runs' mean CPU per delivery,
+    their worst p99 and loss, and all their failures to connect (None if there is no row)."""
+    if len(runs) <= 1:
+        return runs[0] if runs else None
+    failures: Counter[str] = Counter()
+    for run in runs:
+        failures.update(run["failures"])
+    return {
+        **runs[0],
+        "us_per_delivery": statistics.fmean(run["us_per_delivery"] for run in runs),
+        "p99_ms": max(run["p99_ms"] for run in runs),
+        "lost_pct": max(run["lost_pct"] for run in runs),
+        "failures": dict(failures),
+        "runs": len(runs),
+    }
+
+
 def peers_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
     """The peers cell's targets, each the worse of two client implementations.
 
@@ -254,8 +274,12 @@ def peers_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
     cell = next((c for c in cells if c["clients"] >= TARGET_CLIENTS and c["rate"] == TARGET_RATE), None)
 
     def rows(server: str) -> dict[str, dict[str, Any]] | None:
-        found = {r["client"]: r for r in (cell or {}).get("rows", []) if r["server"] == server}
-        return found if all(c in found for c in PEER_CLIENTS) else None
+        measured = (cell or {}).get("rows", [])
+        found = {
+            c: runs_mean([r for r in measured if r["server"] == server and r["client"] == c])
+            for c in PEER_CLIENTS
+        }
+        return {c: r for c, r in found.items() if r is not None} if all(found.values()) else None
 
     project, baseline = rows("project"), rows("baseline")
     if cell is None or project is None or baseline is None:
@@ -322,7 +346,9 @@ def peers_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
     if auto is None:
         found.append(Verdict(auto_target, "not measured", NONE, NONE, None))
     else:
-        label = next(r["label"] for r in cell["rows"] if r["server"] == "project_auto")
+        label = next(r["label"] for r in cell["rows"] if r["server"] == "project_auto").split(",")[0]
+        runs = auto[PEER_CLIENTS[0]].get("runs", 1)
+        each_of = f", mean of {runs} runs each" if runs > 1 else ""
         auto_ratios = [auto[c]["us_per_delivery"] / project[c]["us_per_delivery"] for c in PEER_CLIENTS]
         worst_auto = max(auto_ratios) if not any(math.isnan(r) for r in auto_ratios) else math.nan
         found.append(
@@ -331,7 +357,7 @@ def peers_verdicts(cells: list[dict[str, Any]]) -> list[Verdict]:
                 f"{label}: "
                 + each(auto, "us_per_delivery", ".1f", "µs")
                 + f", p99 {max(auto[c]['p99_ms'] for c in PEER_CLIENTS):.0f} ms",
-                "1 worker: " + each(project, "us_per_delivery", ".1f", "µs"),
+                "1 worker: " + each(project, "us_per_delivery", ".1f", "µs") + each_of,
                 f"{worst_auto:.2f}x" if not math.isnan(worst_auto) else NONE,
                 lossless(auto) and worst_auto <= PEERS_AUTO_NOISE,
             )

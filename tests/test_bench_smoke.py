@@ -212,3 +212,34 @@ def test_peers_judges_one_worker_and_make_serves_default() -> None:
         ("PASS", "1.06x"),  # make serve's default against one worker (within noise)
     ], judged
     assert "WEB_CONCURRENCY=auto" in judged[-1][0] and "Socket.IO" in judged[3][0], judged
+
+
+def test_peers_judges_each_configuration_on_the_mean_of_its_runs() -> None:
+    """With make serve's default measured, one worker and the default run twice each: the targets take
+    each one's mean CPU per delivery, and the worst p99 and loss of its runs (made-up rows)."""
+
+    def row(server: str, client: str, cost: float, run: int = 0, p99: float = 20.0) -> dict[str, Any]:
+        return {
+            "server": server, "client": client, "label": f"{server}, run {run}", "run": run,
+            "us_per_delivery": cost, "p99_ms": p99, "lost_pct": 0.0, "failures": {},
+        }  # fmt: skip
+
+    rows = []
+    for client in (peers.PYTHON, peers.NODE_WS):
+        rows += [
+            row("baseline", client, 10.0),
+            row("project", client, 9.0, run=1),
+            row("project_auto", client, 10.5, run=1),
+            row("project_auto", client, 11.5, run=2, p99=45.0),
+            row("project", client, 11.0, run=2),
+        ]
+    cell = {"clients": 1000, "rate": 50.0, "rows": [*rows, row("socketio", peers.SOCKETIO_CLIENT, 12.0)]}
+    found = peers_verdicts([cell])
+    assert [(v.word, v.ratio) for v in found] == [
+        ("PASS", "1.00x"),  # p99 of one worker's worse run against the baseline's
+        ("PASS", "1.00x"),  # one worker's mean, 10.0, against the baseline's
+        ("n/a", "1.00x"),
+        ("PASS", "0.83x"),
+        ("PASS", "1.10x"),  # the default's mean, 11.0, against one worker's
+    ], found
+    assert "mean of 2 runs each" in found[-1].baseline and "p99 45 ms" in found[-1].project, found[-1]
