@@ -48,6 +48,7 @@ from bench.servers import (
     RunningServer,
     ServerFailed,
     ServerSpec,
+    Serving,
     running,
 )
 
@@ -223,7 +224,7 @@ class NodeClients:
 
 
 def node_fanout(
-    server: RunningServer, clients: int, rate: float, seconds: float, grace: float, kind: str = "ws"
+    server: Serving, clients: int, rate: float, seconds: float, grace: float, kind: str = "ws"
 ) -> Result:
     """``scenarios.fanout``, with the Node client processes (``kind`` ``ws`` or ``socketio``) as clients."""
     count = max(1, round(rate * seconds))
@@ -239,6 +240,8 @@ def node_fanout(
     return {
         **scenarios.fanout_tally(ready, results, count, rate),
         "seconds": elapsed,
+        "server_cpu_seconds": server_cpu,
+        "loadgen_cpu_seconds": client_cpu,
         "server_cpu_pct": 100 * server_cpu / elapsed,
         "loadgen_cpu_pct": 100 * client_cpu / elapsed,
     }

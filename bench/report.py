@@ -239,7 +239,7 @@ def markdown(run: dict[str, Any], plot_name: str | None) -> str:
         method = publish.METHOD.format(**scenarios["publish"]["sizes"])
         lines += ["## Publishing over HTTP", "", method, "", *publish.table(scenarios["publish"]), ""]
     if scenarios.get("scale"):
-        method = scale.METHOD.format(**scenarios["scale"], target=SCALE_P99_MS)
+        method = scale.METHOD.format(**{"client": peers.PYTHON, **scenarios["scale"]}, target=SCALE_P99_MS)
         lines += ["## Every core: workers and replicas", "", method, "", *scale.table(scenarios["scale"]), ""]
     if scenarios.get("options"):
         conflation = scenarios["options"]["conflation"]

@@ -1,8 +1,12 @@
 """Every core: the same fan-out on one server process, on several worker processes, and on two
 replicas behind the repo's nginx, beside the ``websockets`` baseline (one process) in the same run.
 
-The setups, each freshly started, each measured with ``scenarios.fanout`` at the same size (a
-profile runs those its ``Sizes`` name):
+The setups, each freshly started, each measured at the same size (a profile runs those its ``Sizes``
+name) by the Node.js ``ws`` client (``peers.node_fanout``, two processes), or by the bench's Python
+client (``scenarios.fanout``) where Node.js or the bench's npm packages are missing. On this 2-core
+machine the load generator shares the cores with the servers, and the Python client costs about
+half as much again per frame: at 2,000 x 50/s it starved them (p99 behind nginx 1,950 ms with it,
+121 ms with Node's, the same minute), which measured the client, not the servers.
 
 * ``baseline``: ``bench/baseline_server.py``, one process;
 * ``workers_1``: the production server with ``WEB_CONCURRENCY=1``;
@@ -32,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from bench import scenarios
+from bench import peers, scenarios
 from bench.loadgen import LoadGenerator
 from bench.nginx import find_nginx, running_nginx
 from bench.servers import (
@@ -86,16 +90,18 @@ SIZES: dict[str, Sizes | None] = {
 }  # fmt: skip
 
 METHOD = """\
-The fan-out scenario (same clients, publisher and loss rule as above) at {clients:,} clients x
-{rate:g}/s for {seconds:g} s on each setup in turn, each freshly started: the baseline (one process);
-the production server with a fixed `WEB_CONCURRENCY` or as `make serve` runs it
-(`WEB_CONCURRENCY=auto`); and two production servers (one process each, one channel-layer prefix)
-behind the repo's `deploy/nginx/` config (Debian's nginx, listening on loopback, `least_conn`).
-Server CPU is the whole tree from /proc, each process counted once: the supervisor, the workers and
-multiprocessing's resource tracker, or both replicas and nginx's master and workers; for the
-replicas, nginx's share is also given alone, in % of a core and in µs per delivery (what the proxy
-adds), beside the replicas' own. "CPU by process" is each process's share, largest first. The load
-generator's CPU is in every row: a load generator near 100 % per worker process is itself the limit.
+The fan-out scenario (same publisher and loss rule as above; clients: {client}, Node's `ws` wherever
+it can run, as it costs less per frame than the bench's Python client, so that on these shared cores
+the servers, not the load generator, set the pace) at {clients:,} clients x {rate:g}/s for
+{seconds:g} s on each setup in turn, each freshly started: the baseline (one process); the
+production server with a fixed `WEB_CONCURRENCY` or as `make serve` runs it (`WEB_CONCURRENCY=auto`);
+and two production servers (one process each, one channel-layer prefix) behind the repo's
+`deploy/nginx/` config (Debian's nginx, listening on loopback, `least_conn`). Server CPU is the whole
+tree from /proc, each process counted once: the supervisor, the workers and multiprocessing's
+resource tracker, or both replicas and nginx's master and workers; for the replicas, nginx's share is
+also given alone, in % of a core and in µs per delivery (what the proxy adds), beside the replicas'
+own. "CPU by process" is each process's share, largest first. The load generator's CPU is in every
+row: a load generator near 100 % per worker process is itself the limit.
 Target (issues 13 and 23): lossless with p99 <= {target:g} ms."""
 
 
@@ -162,11 +168,29 @@ def started(setup: str, project: ProjectEnvironment, nginx: str) -> Iterator[Run
             yield Balanced(replicas, pid, port)
 
 
-def measure_one(server: RunningServer | Balanced, load: LoadGenerator, sizes: Sizes) -> Result:
+def scale_client() -> str:
+    """The client implementation the setups are measured with: Node's ``ws`` if it can run, else Python's."""
+    try:
+        peers.check_node()
+    except peers.NodeMissing:
+        return peers.PYTHON
+    return peers.NODE_WS
+
+
+def measure_one(
+    server: RunningServer | Balanced, load: LoadGenerator, sizes: Sizes, client: str = peers.PYTHON
+) -> Result:
     """The fan-out on one setup, with each process's share of the server CPU, and nginx's CPU alone."""
     processes = server.tree()
     before = cpu_by_process(processes)
-    result = scenarios.fanout(server, load, sizes.clients, sizes.rate, sizes.seconds, sizes.grace)
+    if client == peers.NODE_WS:
+        result = peers.node_fanout(server, sizes.clients, sizes.rate, sizes.seconds, sizes.grace)
+        received = result["received"]
+        result["server_cpu_us_per_delivery"] = (
+            1e6 * result["server_cpu_seconds"] / received if received else math.nan
+        )
+    else:
+        result = scenarios.fanout(server, load, sizes.clients, sizes.rate, sizes.seconds, sizes.grace)
     after = cpu_by_process(processes)
     used = {pid: after[pid] - before.get(pid, 0.0) for pid in after}
     total = sum(used.values())
@@ -193,14 +217,15 @@ def measure(
     if sizes is None:
         return None
     nginx = find_nginx()
-    results: Result = {**dataclasses.asdict(sizes), "setups": {}}
+    client = scale_client()
+    results: Result = {**dataclasses.asdict(sizes), "client": client, "setups": {}}
     for setup in sizes.setups:
         if setup == "replicas_2" and nginx is None:
             results["setups"][setup] = {"skipped": "no nginx (apt-get install nginx, or set NGINX)"}
             progress(f"scale {setup}: skipped, no nginx")
             continue
         with started(setup, project, nginx or "") as server:
-            r = measure_one(server, load, sizes)
+            r = measure_one(server, load, sizes, client)
         results["setups"][setup] = r
         progress(f"scale {LABELS[setup]}: {line(r)}")
     return results

@@ -381,6 +381,8 @@ def scale_verdicts(result: dict[str, Any]) -> list[Verdict]:
         if setup not in setups:
             continue  # not a setup of this profile
         target = f"scale {label}: {SCALE_CLIENTS:,} x {TARGET_RATE:g}/s lossless, p99 <= {SCALE_P99_MS:g} ms"
+        if "client" in result:  # which clients measured it (older runs: the Python ones)
+            target += f" ({result['client']} clients)"
         r = setups[setup]
         if "skipped" in r:
             found.append(Verdict(target, r["skipped"], NONE, NONE, None))

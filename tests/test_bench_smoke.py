@@ -74,6 +74,7 @@ def check_scale(result: dict[str, Any]) -> None:
     sizes = scale.SIZES["smoke"]
     assert sizes is not None
     assert set(result["setups"]) == set(sizes.setups) >= {"baseline", "workers_auto", "replicas_2"}
+    assert result["client"] in (peers.NODE_WS, peers.PYTHON)  # Node's where it runs
     assert result["setups"]["workers_auto"]["label"].startswith("uvicorn (make serve) auto=")
     for setup, r in result["setups"].items():
         if setup == "replicas_2" and "skipped" in r:
