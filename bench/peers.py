@@ -267,9 +267,9 @@ def cell(
 
     With ``auto`` (make serve's ``WEB_CONCURRENCY=auto``, unless ``spec`` is that already), the project
     is measured in both configurations twice, in the order one worker, default, default, one worker
-    (``run`` 1 and 2 of each): one run of each differs from the next by as much as the two differ
-    (CPU per delivery moved 10 % between runs of one setup), and a drift over the minutes of the
-    cell falls on both alike. The targets take each configuration's mean (``targets.runs_mean``).
+    (``run`` 1 and 2 of each): CPU per delivery moves between runs of one setup by as much as the
+    two configurations differ, and a drift over the minutes of the cell falls on both alike. The
+    targets take each configuration's mean (``targets.runs_mean``).
     """
     rows: list[Result] = []
     sides = [("baseline", ServerSpec("baseline"), 0), ("project", spec, 0)]

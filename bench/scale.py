@@ -3,10 +3,9 @@ replicas behind the repo's nginx, beside the ``websockets`` baseline (one proces
 
 The setups, each freshly started, each measured at the same size (a profile runs those its ``Sizes``
 name) by the Node.js ``ws`` client (``peers.node_fanout``, two processes), or by the bench's Python
-client (``scenarios.fanout``) where Node.js or the bench's npm packages are missing. On this 2-core
-machine the load generator shares the cores with the servers, and the Python client costs about
-half as much again per frame: at 2,000 x 50/s it starved them (p99 behind nginx 1,950 ms with it,
-121 ms with Node's, the same minute), which measured the client, not the servers.
+client (``scenarios.fanout``) where Node.js or the bench's npm packages are missing. On a machine
+where the load generator shares the cores with the servers, the Python client, which costs more CPU
+per frame, starved them: it measured itself, not the servers (docs/benchmarks.md).
 
 * ``baseline``: ``bench/baseline_server.py``, one process;
 * ``workers_1``: the production server with ``WEB_CONCURRENCY=1``;

@@ -668,9 +668,9 @@ async def _nothing(scope: Any, receive: Any, send: Any) -> None:
 class FlatProxyHeadersMiddleware(ProxyHeadersMiddleware):
     """uvicorn's proxy-headers middleware (the client's address and scheme from ``X-Forwarded-For`` and
     ``X-Forwarded-Proto``, from trusted proxies only), returning the application's coroutine rather
-    than awaiting it in a coroutine of its own: one suspended frame fewer (about 450 bytes) for every
-    connection's life. uvicorn's own is off (``proxy_headers=False``); the server wraps the application
-    in this one (``wsproject.server.application``).
+    than awaiting it in a coroutine of its own: one suspended frame fewer for every connection's life.
+    uvicorn's own is off (``proxy_headers=False``); the server wraps the application in this one
+    (``wsproject.server.application``).
 
     The rewriting is uvicorn's, run to its end: its ``__call__`` changes the scope in place, then
     awaits its application, here one that returns at once. Were a uvicorn to wait for anything
