@@ -665,25 +665,25 @@ async def _nothing(scope: Any, receive: Any, send: Any) -> None:
     """The application of ``FlatProxyHeadersMiddleware``'s rewriter: done at once."""
 
 
-class FlatProxyHeadersMiddleware(ProxyHeadersMiddleware):
+class FlatProxyHeadersMiddleware:
     """uvicorn's proxy-headers middleware (the client's address and scheme from ``X-Forwarded-For`` and
     ``X-Forwarded-Proto``, from trusted proxies only), returning the application's coroutine rather
     than awaiting it in a coroutine of its own: one suspended frame fewer for every connection's life.
     uvicorn's own is off (``proxy_headers=False``); the server wraps the application in this one
     (``wsproject.server.application``).
 
-    The rewriting is uvicorn's, run to its end: its ``__call__`` changes the scope in place, then
-    awaits its application, here one that returns at once. Were a uvicorn to wait for anything
-    before that, the rewrite would not end in one step, and every connection would fail loudly
-    (``tests/test_internals.py`` checks that it ends).
+    The rewriting is uvicorn's (``rewriter``), run to its end: its ``__call__`` changes the scope in
+    place, then awaits its application, here one that returns at once. Were a uvicorn to wait for
+    anything before that, the rewrite would not end in one step, and every connection would fail
+    loudly (``tests/test_internals.py`` checks that it ends).
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], trusted_hosts: list[str] | str) -> None:
-        super().__init__(app, trusted_hosts)
+        self.app = app
         self.rewriter = ProxyHeadersMiddleware(_nothing, trusted_hosts)
 
     @markcoroutinefunction
-    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:  # type: ignore[override]
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]:
         rewriting = self.rewriter(scope, receive, send)
         try:
             rewriting.send(None)
