@@ -206,8 +206,9 @@ async def test_flat_url_router_routes_as_channels_does_and_returns_the_applicati
             return f"{type(exc).__name__}: {exc}"
 
     flat = routes(runtime.FlatURLRouter)
-    assert await seen(flat) == await seen(routes(URLRouter))
-    if isinstance(await seen(flat), dict):  # routed: the router's own frame is gone
+    outcome = await seen(flat)
+    assert outcome == await seen(routes(URLRouter))
+    if isinstance(outcome, dict):  # routed: the router's own frame is gone
         routed = flat(dict(scope), None, None)
         assert routed.cr_code is app.__code__
         routed.close()
