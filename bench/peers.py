@@ -237,9 +237,12 @@ def node_fanout(
         server_cpu = server.cpu_seconds() - server_cpu
     # The clients report their own CPU: they may have exited before /proc could be read.
     client_cpu = sum(r["cpu_seconds"] for r in results) - sum(r["cpu_seconds"] for r in ready)
+    tally = scenarios.fanout_tally(ready, results, count, rate)
+    received = tally["received"]
     return {
-        **scenarios.fanout_tally(ready, results, count, rate),
+        **tally,
         "seconds": elapsed,
+        "server_cpu_us_per_delivery": 1e6 * server_cpu / received if received else math.nan,
         "server_cpu_seconds": server_cpu,
         "loadgen_cpu_seconds": client_cpu,
         "server_cpu_pct": 100 * server_cpu / elapsed,

@@ -184,10 +184,6 @@ def measure_one(
     before = cpu_by_process(processes)
     if client == peers.NODE_WS:
         result = peers.node_fanout(server, sizes.clients, sizes.rate, sizes.seconds, sizes.grace)
-        received = result["received"]
-        result["server_cpu_us_per_delivery"] = (
-            1e6 * result["server_cpu_seconds"] / received if received else math.nan
-        )
     else:
         result = scenarios.fanout(server, load, sizes.clients, sizes.rate, sizes.seconds, sizes.grace)
     after = cpu_by_process(processes)
